@@ -1,0 +1,49 @@
+"""Model registry and the head accessor the CAM kernel relies on.
+
+Every model follows the contract of DESIGN.md §3:
+`model(images_BHWC, train: bool) -> (logits_BC, aux)`, with `aux['features']` the last
+convolutional map `B×h×w×K`, and a linear head reachable through `head_params`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+from flax import nnx
+
+from cam_jax.models import small
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    'small_gap': small.SmallGAP,
+    'small_gmp': functools.partial(small.SmallGAP, pooling='max'),
+    # Test-only sizes (flax examples keep theirs at the bottom of models.py).
+    'tiny_gap': functools.partial(small.SmallGAP, widths=(8, 16), cam_channels=32),
+    'tiny_gmp': functools.partial(small.SmallGAP, widths=(8, 16), cam_channels=32,
+                                  pooling='max'),
+}
+
+
+def get_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+  """Builds the registered model `name`; raises with the known names if unknown."""
+  if name not in MODELS:
+    raise ValueError(f'Unknown model {name!r}; known models: {", ".join(sorted(MODELS))}')
+  return MODELS[name](num_classes=num_classes, rngs=rngs, **kwargs)
+
+
+def head_params(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
+  """The linear head as `(kernel_KC, bias_C)`: what turns pooled features into logits.
+
+  `M_c = sum_k kernel_KC[k, c] * features[..., k]` is the class activation map of class c,
+  and for GAP networks `mean_hw(M_c) + bias_C[c]` is logit c.
+  """
+  head = getattr(model, 'head', None)
+  if not isinstance(head, nnx.Linear):
+    raise TypeError(f'{type(model).__name__} has no linear `head`; CAM needs a GAP/GMP head')
+  return head.kernel[...], head.bias[...]
+
+
+def pooling(model: nnx.Module) -> str:
+  """'avg' for GAP networks, 'max' for GMP networks."""
+  return getattr(model, 'pooling', 'avg')

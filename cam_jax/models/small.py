@@ -1,0 +1,73 @@
+"""A small GAP network that trains on a laptop CPU in minutes.
+
+The shape of the paper's GAP networks at a toy scale: conv blocks, one added 3×3
+convolution (the paper adds 1024 channels; here `cam_channels`), global average (or
+max) pooling and one linear layer. The mapping resolution is 1/4 of the input side.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class ConvBlock(nnx.Module):
+  """3×3 convolution, optional BatchNorm, ReLU."""
+
+  def __init__(self, in_ch: int, out_ch: int, *, batch_norm: bool, dtype, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(in_ch, out_ch, (3, 3), padding='SAME', use_bias=not batch_norm,
+                         dtype=dtype, rngs=rngs)
+    self.bn = nnx.BatchNorm(out_ch, momentum=0.9, dtype=dtype, rngs=rngs) if batch_norm else None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = self.conv(x)
+    if self.bn is not None:
+      x = self.bn(x, use_running_average=not train)
+    return nnx.relu(x)
+
+
+class SmallGAP(nnx.Module):
+  """Conv stages (`blocks_per_stage` blocks each, 2×2 max pooling between stages), an
+  added 3×3 conv,
+  then global pooling and a linear head.
+
+  Model contract (DESIGN.md §3): `model(images_BHWC, train) -> (logits_BC, aux)` with
+  `aux['features']` the last conv map `B×h×w×K`; the head is `self.head`.
+  """
+
+  def __init__(self, num_classes: int, *, widths: Sequence[int] = (32, 64, 128),
+               blocks_per_stage: int = 2, cam_channels: int = 256, pooling: str = 'avg',
+               batch_norm: bool = True,
+               in_channels: int = 3, dtype=jnp.float32, rngs: nnx.Rngs):
+    if pooling not in ('avg', 'max'):
+      raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+    self.pooling = pooling
+    stages = []
+    ch = in_channels
+    for width in widths:
+      stage = []
+      for _ in range(blocks_per_stage):
+        stage.append(ConvBlock(ch, width, batch_norm=batch_norm, dtype=dtype, rngs=rngs))
+        ch = width
+      stages.append(nnx.List(stage))
+    self.stages = nnx.List(stages)
+    # The layer the paper adds before pooling: it gives the CAM its channels.
+    self.cam_conv = ConvBlock(ch, cam_channels, batch_norm=False, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(cam_channels, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, images_BHWC: jax.Array, train: bool = False):
+    x = images_BHWC
+    for i, stage in enumerate(self.stages):
+      # Pool before every stage but the first: the mapping resolution is input / 2^(stages-1).
+      if i:
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+      for block in stage:
+        x = block(x, train)
+    feats_BhwK = self.cam_conv(x, train)
+    pool = jnp.mean if self.pooling == 'avg' else jnp.max
+    pooled_BK = pool(feats_BhwK, axis=(1, 2))
+    logits_BC = self.head(pooled_BK)
+    return logits_BC, {'features': feats_BhwK}

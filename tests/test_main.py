@@ -1,0 +1,67 @@
+"""`python -m cam_jax.main` end to end on the tiny synthetic config, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+FRACTIONS = ['cls_top1_error', 'cls_top5_error', 'loc_top1_error', 'loc_top5_error',
+             'gt_known_loc_accuracy', 'gt_known_mean_iou', 'center_baseline_loc_accuracy']
+
+
+def _run_main(workdir, data_dir, *extra):
+  cmd = [sys.executable, '-m', 'cam_jax.main', '--config=configs/synthetic_gap.py:tiny',
+         f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *extra]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_main_trains_evaluates_and_writes_everything(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  proc = _run_main(workdir, tiny_data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '| classification top-1 error |' in proc.stdout
+  assert 'images/s' in proc.stderr and 'ETA' in proc.stderr
+
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    results = json.load(f)
+  for key in FRACTIONS:
+    assert 0.0 <= results[key] <= 1.0, (key, results[key])
+  assert results['num_images'] == 64  # the tiny test split
+  assert results['step'] == 6 and results['top_k'] == 4  # 4 classes: top-5 is top-4
+  # Top-5 is never worse than top-1; localization error is never below classification error.
+  assert results['cls_top5_error'] <= results['cls_top1_error']
+  assert results['loc_top5_error'] <= results['loc_top1_error']
+  assert results['loc_top1_error'] >= results['cls_top1_error']
+  assert results['loc_top5_error'] >= results['cls_top5_error']
+
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  train = [r for r in records if r['split'] == 'train']
+  assert [r['step'] for r in train] == [2, 4, 6]
+  assert all(np.isfinite(r['loss']) and r['images_per_s'] > 0 for r in train)
+  assert [r['step'] for r in records if r['split'] == 'test'] == [4]
+
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  pictures = sorted(os.listdir(os.path.join(workdir, 'cams')))
+  assert pictures == ['00.png', '01.png', '02.png', '03.png']
+  png = np.asarray(Image.open(os.path.join(workdir, 'cams', '00.png')))
+  assert png.ndim == 3 and png.shape[2] == 3 and png.shape[1] > png.shape[0] > 32
+
+  # --mode=evaluate reads the checkpoint back and reproduces the numbers.
+  os.remove(os.path.join(workdir, 'eval.json'))
+  proc = _run_main(workdir, tiny_data_dir, '--mode=evaluate')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(workdir, 'eval.json')) as f:
+    again = json.load(f)
+  assert again == results
+
+
+def test_evaluate_without_checkpoint_fails_clearly(tiny_data_dir, tmp_path):
+  proc = _run_main(str(tmp_path / 'none'), tiny_data_dir, '--mode=evaluate')
+  assert proc.returncode != 0
+  assert 'No checkpoint in' in proc.stderr and 'train first' in proc.stderr
