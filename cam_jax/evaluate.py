@@ -63,11 +63,24 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, top_k: i
                  out_shardings=batch)
 
 
-def _localize_image(cams_Thw: np.ndarray, orig_hw: tuple[int, int], threshold: float
-                    ) -> np.ndarray:
-  """Paper boxes `T×4` of one image's CAMs, in its original pixel grid (inclusive corners)."""
-  boxes_T4 = boxes_lib.paper_boxes(cams_Thw, threshold)
-  return boxes_lib.scale_boxes(boxes_T4, cams_Thw.shape[1:], orig_hw)
+def score_localization(classes_k: np.ndarray, label: int, cams_Thw: np.ndarray,
+                       gt_M4: np.ndarray, orig_hw: tuple[int, int], *, cam_threshold: float,
+                       iou_threshold: float) -> tuple[bool, bool, bool, float, np.ndarray]:
+  """The paper's protocol for one image.
+
+  `cams_Thw` holds the CAMs of the top k classes `classes_k` (best first) and, last, of
+  the label, in the network's input grid. Each is turned into a paper box, mapped to the
+  original `orig_hw` grid, and compared with the ground-truth boxes `gt_M4` there (boxes
+  `(x0, y0, x1, y1)`, inclusive corners).
+
+  Returns `(top1_correct, topk_correct, gt_known_correct, gt_known_iou, boxes_T4)`.
+  """
+  boxes_T4 = boxes_lib.scale_boxes(boxes_lib.paper_boxes(cams_Thw, cam_threshold),
+                                   cams_Thw.shape[1:], orig_hw)
+  ious_T = boxes_lib.iou(boxes_T4, gt_M4).max(1) if len(gt_M4) else np.zeros(len(boxes_T4))
+  good_k = (np.asarray(classes_k) == label) & (ious_T[:-1] >= iou_threshold)
+  return (bool(good_k[0]), bool(good_k.any()), bool(ious_T[-1] >= iou_threshold),
+          float(ious_T[-1]), boxes_T4)
 
 
 def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sharding.Mesh,
@@ -118,13 +131,13 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
       counts['rel_h'] += ((gt_M4[:, 3] - gt_M4[:, 1] + 1) / orig_hw[0]).sum()
       counts['rel_w'] += ((gt_M4[:, 2] - gt_M4[:, 0] + 1) / orig_hw[1]).sum()
       counts['num_gt'] += len(gt_M4)
-      boxes_T4 = _localize_image(out['cams_BThw'][i], orig_hw, ev.cam_threshold)
-      ious_T = boxes_lib.iou(boxes_T4, gt_M4).max(1) if len(gt_M4) else np.zeros(len(boxes_T4))
-      good_k = (classes_Bk[i] == labels_B[i]) & (ious_T[:top_k] >= ev.iou_threshold)
-      counts['loc_top1'] += good_k[0]
-      counts['loc_top5'] += good_k.any()
-      counts['gt_known'] += ious_T[-1] >= ev.iou_threshold
-      iou_sum += ious_T[-1]
+      top1, topk, gt_known, gt_iou, boxes_T4 = score_localization(
+          classes_Bk[i], labels_B[i], out['cams_BThw'][i], gt_M4, orig_hw,
+          cam_threshold=ev.cam_threshold, iou_threshold=ev.iou_threshold)
+      counts['loc_top1'] += top1
+      counts['loc_top5'] += topk
+      counts['gt_known'] += gt_known
+      iou_sum += gt_iou
       if len(pictures) < num_pictures and jax.process_index() == 0:
         pictures.append(_picture(batch, i, out, boxes_T4, names, size))
 

@@ -4,7 +4,9 @@ Only flags and one call: the logic lives in `cam_jax.train` and `cam_jax.evaluat
 can be imported and tested, and used from Colab.
 """
 
-from absl import app, flags
+import logging as py_logging
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cam_jax import train
@@ -18,7 +20,16 @@ config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]
                                 lock_config=True)
 
 
+class _QuietLibraries(py_logging.Filter):
+  """Drops INFO lines of orbax and TFDS (dozens per checkpoint), so progress lines show."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    noisy = '/orbax/' in record.pathname or '/tensorflow_datasets/' in record.pathname
+    return record.levelno > py_logging.INFO or not noisy
+
+
 def main(argv):
+  logging.get_absl_logger().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = flags.FLAGS.config

@@ -66,12 +66,16 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   raise ValueError(f"config.optimizer.name must be 'adamw' or 'sgd', got {opt.name!r}")
 
 
+def _create_model_and_optimizer(config: ml_collections.ConfigDict,
+                                num_classes: int) -> tuple[nnx.Module, nnx.Optimizer]:
+  model = create_model(config, num_classes, config.seed)
+  return model, nnx.Optimizer(model, create_optimizer(config), wrt=nnx.Param)
+
+
 def create_train_state(config: ml_collections.ConfigDict,
                        num_classes: int) -> tuple[nnx.GraphDef, TrainState]:
   """`(graphdef, state)` of the model and its optimizer, split for pure jitted steps."""
-  model = create_model(config, num_classes, config.seed)
-  optimizer = nnx.Optimizer(model, create_optimizer(config), wrt=nnx.Param)
-  return nnx.split((model, optimizer))
+  return nnx.split(_create_model_and_optimizer(config, num_classes))
 
 
 def cross_entropy_loss(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
@@ -140,6 +144,7 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
     return None
   where = os.path.join(str(manager.directory), str(step))
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  expected_meta = json.loads(json.dumps(expected_meta))  # as stored: tuples become lists
   keys = ('model', 'model_kwargs', 'num_classes', 'dataset')
   diffs = {k: (meta.get(k), expected_meta[k]) for k in keys if meta.get(k) != expected_meta[k]}
   if diffs:
@@ -157,11 +162,13 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, num_classes: int,
-                         mesh: jax.sharding.Mesh) -> TrainState:
-  """Shapes, dtypes and (replicated) shardings of the state, without allocating it."""
-  _, state = nnx.eval_shape(lambda: create_train_state(config, num_classes))
+                         mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, TrainState]:
+  """`(graphdef, state)` with shapes, dtypes and (replicated) shardings, nothing allocated."""
+  graphdef, state = nnx.split(
+      nnx.eval_shape(lambda: _create_model_and_optimizer(config, num_classes)))
   repl = sharding.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+  return graphdef, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
 
 
 # ---------------------------------------------------------------------------
@@ -216,13 +223,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_classes = info.features['label'].num_classes
 
   # --- State, resumed if the workdir has a checkpoint -------------------------
-  graphdef, state = create_train_state(config, num_classes)
+  graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
   manager = checkpoint_manager(workdir, config)
-  meta = checkpoint_meta(config, num_classes, 0)
-  restored = restore_checkpoint(manager, abstract_train_state(config, num_classes, mesh), meta)
+  restored = restore_checkpoint(manager, abstract_state,
+                                checkpoint_meta(config, num_classes, 0))
   if restored is None:
     start_step = 0
-    state = sharding.replicate(state, mesh)
+    state = sharding.replicate(create_train_state(config, num_classes)[1], mesh)
   else:
     start_step, state = restored
     logging.info('Resumed from step %d in %s', start_step, workdir)
@@ -289,20 +296,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=total)
 
 
+def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+                  num_classes: int) -> tuple[nnx.Module, int]:
+  """`(model, step)` from the latest checkpoint in `workdir`; raises if there is none."""
+  graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
+  with checkpoint_manager(workdir, config) as manager:
+    restored = restore_checkpoint(manager, abstract_state, checkpoint_meta(config, num_classes, 0))
+  if restored is None:
+    raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}: '
+                            'train first (--mode=train_and_evaluate).')
+  step, state = restored
+  return nnx.merge(graphdef, state)[0], step
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """`--mode=evaluate`: the latest checkpoint in `workdir`, evaluated and reported."""
   sharding.maybe_initialize_distributed(config.get('distributed', False))
   mesh = sharding.make_mesh()
   _, info = data_lib.load_source(config.data, config.data.eval_split)
-  num_classes = info.features['label'].num_classes
-  graphdef, _ = nnx.split(nnx.eval_shape(lambda: create_train_state(config, num_classes)))
-  graphdef, _ = create_train_state(config, num_classes)
-  with checkpoint_manager(workdir, config) as manager:
-    restored = restore_checkpoint(manager, abstract_train_state(config, num_classes, mesh),
-                                  checkpoint_meta(config, num_classes, 0))
-  if restored is None:
-    raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}: '
-                            'train first (--mode=train_and_evaluate).')
-  step, state = restored
-  model = nnx.merge(graphdef, state)[0]
+  model, step = restore_model(config, workdir, mesh, info.features['label'].num_classes)
   return evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=step)

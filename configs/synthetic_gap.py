@@ -22,7 +22,7 @@ def get_config(arg: str | None = None):
   config.data.max_boxes = 4
 
   config.model.name = 'small_gap'
-  config.model.kwargs = {'widths': (32, 64, 128), 'blocks_per_stage': 1, 'cam_channels': 128}
+  config.model.kwargs = {'widths': (16, 32, 64), 'stage_strides': (1, 2, 1), 'cam_channels': 64}
 
   config.batch_size = 64
   config.total_steps = 600

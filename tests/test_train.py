@@ -6,7 +6,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from cam_jax import sharding, train
 from configs import synthetic_gap
@@ -57,7 +56,7 @@ def test_train_step_on_8_devices_matches_1_device(tiny_data_dir):
 
 def _restore_final(config, workdir):
   mesh = sharding.make_mesh()
-  abstract = train.abstract_train_state(config, 4, mesh)
+  _, abstract = train.abstract_train_state(config, 4, mesh)
   with train.checkpoint_manager(workdir, config) as manager:
     step, state = train.restore_checkpoint(manager, abstract,
                                            train.checkpoint_meta(config, 4, 0))
@@ -66,6 +65,8 @@ def _restore_final(config, workdir):
 
 def test_resume_continues_and_matches_uninterrupted_run(tiny_data_dir, tmp_path):
   config = tiny_config(tiny_data_dir, eval_every=0, checkpoint_every=100)
+  # A tuple option, as configs write them, must match its JSON (list) form in the checkpoint.
+  config.model.kwargs = {'widths': (8, 16)}
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   assert train.train_and_evaluate(config, straight) is not None
   # Stopped after step 3 (a checkpoint is written on the way out), then resumed.

@@ -92,6 +92,11 @@ def _process_shard(ds: grain.MapDataset) -> grain.MapDataset:
   return ds.slice(slice(jax.process_index(), None, jax.process_count()))
 
 
+def _read_options(num_threads: int) -> grain.ReadOptions:
+  # Each prefetched element is a whole batch; a buffer below the thread count idles threads.
+  return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(num_threads, 2))
+
+
 def train_batches(source, *, image_size: int, process_batch_size: int, seed: int,
                   start_step: int = 0, flip: bool = True,
                   num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
@@ -106,8 +111,7 @@ def train_batches(source, *, image_size: int, process_batch_size: int, seed: int
         .random_map(TrainPreprocess(image_size, flip), seed=seed + 1)
         .batch(process_batch_size, drop_remainder=True))
   ds = ds.slice(slice(start_step, None))
-  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=2)))
+  return iter(ds.to_iter_dataset(_read_options(num_threads)))
 
 
 def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes: int,
@@ -127,8 +131,7 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
   num_batches = -(-longest_share // process_batch_size)
   ds = _process_shard(ds.map_with_index(lambda i, ex: (i, ex)))
   ds = ds.map(EvalPreprocess(image_size, max_boxes)).batch(process_batch_size)
-  batches = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                      prefetch_buffer_size=2)))
+  batches = iter(ds.to_iter_dataset(_read_options(num_threads)))
   template = None
   for _ in range(num_batches):
     batch = next(batches, None)

@@ -2,7 +2,7 @@
 
 The shape of the paper's GAP networks at a toy scale: conv blocks, one added 3×3
 convolution (the paper adds 1024 channels; here `cam_channels`), global average (or
-max) pooling and one linear layer. The mapping resolution is 1/4 of the input side.
+max) pooling and one linear layer.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ class ConvBlock(nnx.Module):
 
 
 class SmallGAP(nnx.Module):
-  """Conv stages (`blocks_per_stage` blocks each, 2×2 max pooling between stages), an
-  added 3×3 conv,
+  """Conv stages (`blocks_per_stage` blocks each, max pooling before each stage with
+  `stage_strides`; the mapping resolution is the input over their product), an added 3×3
+  conv,
   then global pooling and a linear head.
 
   Model contract (DESIGN.md §3): `model(images_BHWC, train) -> (logits_BC, aux)` with
@@ -39,12 +40,18 @@ class SmallGAP(nnx.Module):
   """
 
   def __init__(self, num_classes: int, *, widths: Sequence[int] = (32, 64, 128),
-               blocks_per_stage: int = 2, cam_channels: int = 256, pooling: str = 'avg',
+               blocks_per_stage: int = 2, stage_strides: Sequence[int] | None = None,
+               cam_channels: int = 256, pooling: str = 'avg',
                batch_norm: bool = True,
                in_channels: int = 3, dtype=jnp.float32, rngs: nnx.Rngs):
     if pooling not in ('avg', 'max'):
       raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
     self.pooling = pooling
+    # Max pooling of this stride before each stage; default: 2 before all but the first.
+    self.stage_strides = tuple(stage_strides or (1,) + (2,) * (len(widths) - 1))
+    if len(self.stage_strides) != len(widths):
+      raise ValueError(f'stage_strides {self.stage_strides} needs one entry per stage of '
+                       f'widths {tuple(widths)}')
     stages = []
     ch = in_channels
     for width in widths:
@@ -60,10 +67,9 @@ class SmallGAP(nnx.Module):
 
   def __call__(self, images_BHWC: jax.Array, train: bool = False):
     x = images_BHWC
-    for i, stage in enumerate(self.stages):
-      # Pool before every stage but the first: the mapping resolution is input / 2^(stages-1).
-      if i:
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+    for stride, stage in zip(self.stage_strides, self.stages):
+      if stride > 1:
+        x = nnx.max_pool(x, (stride, stride), strides=(stride, stride))
       for block in stage:
         x = block(x, train)
     feats_BhwK = self.cam_conv(x, train)

@@ -1,0 +1,68 @@
+"""The paper's localization protocol on hand-made CAMs, and the report formatting."""
+
+import numpy as np
+
+from cam_jax import evaluate
+
+
+def _blob(hw, box):
+  """A CAM that is 1 on the inclusive box (x0, y0, x1, y1) and 0 elsewhere."""
+  cam = np.zeros(hw)
+  x0, y0, x1, y1 = box
+  cam[y0:y1 + 1, x0:x1 + 1] = 1.0
+  return cam
+
+
+def _score(classes_k, label, cams, gt, orig_hw=(8, 8)):
+  return evaluate.score_localization(np.asarray(classes_k), label, np.stack(cams),
+                                     np.asarray(gt), orig_hw, cam_threshold=0.2,
+                                     iou_threshold=0.5)
+
+
+def test_top1_class_right_and_box_right():
+  gt = [[1, 1, 4, 4]]
+  good = _blob((8, 8), (1, 1, 4, 4))
+  top1, topk, gt_known, iou, boxes = _score([2, 0], 2, [good, good, good], gt)
+  assert (top1, topk, gt_known) == (True, True, True) and iou == 1.0
+  np.testing.assert_array_equal(boxes[0], [1, 1, 4, 4])
+
+
+def test_right_class_second_counts_only_at_top_k():
+  gt = [[1, 1, 4, 4]]
+  wrong = _blob((8, 8), (5, 5, 7, 7))   # top-1 class (wrong) looks elsewhere
+  right = _blob((8, 8), (1, 1, 4, 4))   # the label, ranked second, localizes
+  top1, topk, gt_known, _, _ = _score([3, 2], 2, [wrong, right, right], gt)
+  assert (top1, topk, gt_known) == (False, True, True)
+
+
+def test_right_class_with_a_bad_box_is_wrong_everywhere():
+  gt = [[0, 0, 3, 3]]
+  # Box (2, 2, 5, 5) against (0, 0, 3, 3): intersection 2*2 = 4, union 16 + 16 - 4 = 28,
+  # IoU 1/7 < 0.5.
+  off = _blob((8, 8), (2, 2, 5, 5))
+  top1, topk, gt_known, iou, _ = _score([1], 1, [off, off], gt)
+  assert (top1, topk, gt_known) == (False, False, False)
+  np.testing.assert_allclose(iou, 4 / 28)
+
+
+def test_any_ground_truth_box_counts():
+  gt = [[0, 0, 1, 1], [4, 4, 7, 7]]
+  cam = _blob((8, 8), (4, 4, 7, 7))
+  assert _score([0], 0, [cam, cam], gt)[:3] == (True, True, True)
+
+
+def test_boxes_are_scored_in_the_original_grid():
+  # The network saw 8x8; the original image is 16 (high) x 32 (wide). The CAM box
+  # (2, 2, 5, 5) covers pixels 2..5 of 8, i.e. x 8..23 of 32 and y 4..11 of 16.
+  cam = _blob((8, 8), (2, 2, 5, 5))
+  _, _, gt_known, iou, boxes = _score([0], 0, [cam, cam], [[8, 4, 23, 11]], orig_hw=(16, 32))
+  np.testing.assert_array_equal(boxes[0], [8, 4, 23, 11])
+  assert gt_known and iou == 1.0
+
+
+def test_table_lists_metrics_in_percent():
+  table = evaluate.format_table({'num_images': 10, 'cls_top1_error': 0.1,
+                                 'gt_known_loc_accuracy': 0.875})
+  assert '| metric (10 images) | % |' in table
+  assert '| classification top-1 error | 10.00 |' in table
+  assert '| GT-known localization accuracy | 87.50 |' in table
