@@ -54,17 +54,17 @@ def test_train_step_on_8_devices_matches_1_device(tiny_data_dir):
                params8, params1)
 
 
-def _restore_final(config, workdir):
+def _restore(config, workdir, step=None):
   mesh = sharding.make_mesh()
   _, abstract = train.abstract_train_state(config, 4, mesh)
   with train.checkpoint_manager(workdir, config) as manager:
     step, state = train.restore_checkpoint(manager, abstract,
-                                           train.checkpoint_meta(config, 4, 0))
+                                           train.checkpoint_meta(config, 4, 0), step=step)
   return step, _params(state)
 
 
 def test_resume_continues_and_matches_uninterrupted_run(tiny_data_dir, tmp_path):
-  config = tiny_config(tiny_data_dir, eval_every=0, checkpoint_every=100)
+  config = tiny_config(tiny_data_dir, eval_every=0, checkpoint_every=3)
   # A tuple option, as configs write them, must match its JSON (list) form in the checkpoint.
   config.model.kwargs = {'widths': (8, 16)}
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
@@ -77,11 +77,17 @@ def test_resume_continues_and_matches_uninterrupted_run(tiny_data_dir, tmp_path)
   with open(os.path.join(resumed, 'metrics.jsonl')) as f:
     train_steps = [json.loads(line)['step'] for line in f if '"train"' in line]
   assert train_steps == [2, 3, 4, 6]  # The second run started at step 4, not 1.
-  step_a, params_a = _restore_final(config, straight)
-  step_b, params_b = _restore_final(config, resumed)
+  step_a, params_a = _restore(config, straight)
+  step_b, params_b = _restore(config, resumed)
   assert step_a == step_b == 6
   # Same data order, same computation: bit-identical on one machine.
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  # The straight run saved step 3 asynchronously and then went on donating its state to
+  # the next steps: that checkpoint must still hold step 3's values, as the stopped run's.
+  _, mid_a = _restore(config, straight, step=3)
+  _, mid_b = _restore(config, resumed, step=3)
+  jax.tree.map(np.testing.assert_array_equal, mid_a, mid_b)
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, mid_a, params_a)))
 
 
 def test_incompatible_checkpoint_is_refused_and_left_intact(tiny_data_dir, tmp_path):
