@@ -205,36 +205,12 @@ def _format_eta(seconds: float) -> str:
 # The loop
 # ---------------------------------------------------------------------------
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_after: int | None = None) -> dict[str, Any] | None:
-  """Trains (resuming from the latest checkpoint in `workdir`), then evaluates.
-
-  `stop_after`: leave after that many steps in total, with a checkpoint, as a preempted
-  job would; the next call with the same workdir resumes there. Returns the evaluation
-  results, or None when stopped early.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  sharding.maybe_initialize_distributed(config.get('distributed', False))
-  mesh = sharding.make_mesh()
+def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+                manager: ocp.CheckpointManager, graphdef: nnx.GraphDef, state: TrainState,
+                train_source, num_classes: int, start_step: int, last_step: int) -> TrainState:
+  """Steps `start_step + 1 .. last_step`: progress lines, metrics.jsonl, periodic
+  classification evals and checkpoints. Returns the state after `last_step`."""
   process_batch = sharding.check_batch_size(config.batch_size, mesh)
-
-  # --- Data -------------------------------------------------------------------
-  train_source, info = data_lib.load_source(config.data, config.data.train_split)
-  num_classes = info.features['label'].num_classes
-
-  # --- State, resumed if the workdir has a checkpoint -------------------------
-  graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
-  manager = checkpoint_manager(workdir, config)
-  restored = restore_checkpoint(manager, abstract_state,
-                                checkpoint_meta(config, num_classes, 0))
-  if restored is None:
-    start_step = 0
-    state = sharding.replicate(create_train_state(config, num_classes)[1], mesh)
-  else:
-    start_step, state = restored
-    logging.info('Resumed from step %d in %s', start_step, workdir)
-    truncate_metrics(workdir, start_step)
-
   train_step = make_train_step(graphdef, mesh)
   batches = pipeline.train_batches(
       train_source, image_size=config.data.image_size, process_batch_size=process_batch,
@@ -242,9 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       num_threads=config.data.get('num_threads', 4))
   lr_fn = create_learning_rate_fn(config)
 
-  # --- Train --------------------------------------------------------------------
   total = config.total_steps
-  last_step = total if stop_after is None else min(total, stop_after)
   logging.info('Training %s on %s: steps %d..%d of %d, global batch %d on %d devices',
                config.model.name, config.data.name, start_step, last_step, total,
                config.batch_size, mesh.devices.size)
@@ -255,7 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state, metrics = train_step(state, batch)
     train_metrics.append(metrics)
 
-    if step % config.log_every == 0 or step == last_step:
+    checkpoint_now = step % config.checkpoint_every == 0 or step == last_step
+    # Metrics are read before every checkpoint, so a NaN never reaches one.
+    if step % config.log_every == 0 or checkpoint_now:
       summary = {k: float(np.mean([m[k] for m in jax.device_get(train_metrics)]))
                  for k in train_metrics[0]}
       train_metrics = []
@@ -281,10 +257,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.info('step %d eval: %s', step, evaluate_lib.format_brief(results))
       append_metrics(workdir, {'step': step, 'split': config.data.eval_split, **results})
 
-    if step % config.checkpoint_every == 0 or step == last_step:
+    if checkpoint_now:
       save_checkpoint(manager, step, state, checkpoint_meta(config, num_classes, step))
   manager.wait_until_finished()
-  manager.close()
+  return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after: int | None = None) -> dict[str, Any] | None:
+  """Trains (resuming from the latest checkpoint in `workdir`), then evaluates.
+
+  `stop_after`: leave after that many steps in total, with a checkpoint, as a preempted
+  job would; the next call with the same workdir resumes there. Returns the evaluation
+  results, or None when stopped early.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  sharding.maybe_initialize_distributed(config.get('distributed', False))
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+
+  # --- Data -------------------------------------------------------------------
+  train_source, info = data_lib.load_source(config.data, config.data.train_split)
+  num_classes = info.features['label'].num_classes
+
+  # --- State, resumed if the workdir has a checkpoint -------------------------
+  graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
+  with checkpoint_manager(workdir, config) as manager:
+    restored = restore_checkpoint(manager, abstract_state,
+                                  checkpoint_meta(config, num_classes, 0))
+    if restored is None:
+      start_step = 0
+      state = sharding.replicate(create_train_state(config, num_classes)[1], mesh)
+    else:
+      start_step, state = restored
+      logging.info('Resumed from step %d in %s', start_step, workdir)
+      truncate_metrics(workdir, start_step)
+    total = config.total_steps
+    last_step = total if stop_after is None else min(total, stop_after)
+    state = _train_loop(config, workdir, mesh, manager, graphdef, state, train_source,
+                        num_classes, start_step, last_step)
 
   if last_step < total:
     logging.info('Stopped after step %d of %d; run again with the same workdir to resume.',

@@ -42,7 +42,7 @@ def test_main_trains_evaluates_and_writes_everything(tiny_data_dir, tmp_path):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   train = [r for r in records if r['split'] == 'train']
-  assert [r['step'] for r in train] == [2, 4, 6]
+  assert [r['step'] for r in train] == [2, 3, 4, 6]  # every 2 steps, and at checkpoints
   assert all(np.isfinite(r['loss']) and r['images_per_s'] > 0 for r in train)
   assert [r['step'] for r in records if r['split'] == 'test'] == [4]
 

@@ -40,7 +40,7 @@ class SmallGAP(nnx.Module):
   """
 
   def __init__(self, num_classes: int, *, widths: Sequence[int] = (32, 64, 128),
-               blocks_per_stage: int = 2, stage_strides: Sequence[int] | None = None,
+               blocks_per_stage: int | Sequence[int] = 2, stage_strides: Sequence[int] | None = None,
                cam_channels: int = 256, pooling: str = 'avg',
                batch_norm: bool = True,
                in_channels: int = 3, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -52,11 +52,16 @@ class SmallGAP(nnx.Module):
     if len(self.stage_strides) != len(widths):
       raise ValueError(f'stage_strides {self.stage_strides} needs one entry per stage of '
                        f'widths {tuple(widths)}')
+    blocks = ((blocks_per_stage,) * len(widths) if isinstance(blocks_per_stage, int)
+              else tuple(blocks_per_stage))
+    if len(blocks) != len(widths):
+      raise ValueError(f'blocks_per_stage {blocks} needs one entry per stage of widths '
+                       f'{tuple(widths)}')
     stages = []
     ch = in_channels
-    for width in widths:
+    for width, num_blocks in zip(widths, blocks):
       stage = []
-      for _ in range(blocks_per_stage):
+      for _ in range(num_blocks):
         stage.append(ConvBlock(ch, width, batch_norm=batch_norm, dtype=dtype, rngs=rngs))
         ch = width
       stages.append(nnx.List(stage))
