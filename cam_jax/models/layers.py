@@ -1,0 +1,84 @@
+"""Building blocks shared by the model families."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class ConvBNReLU(nnx.Module):
+  """Convolution, optional BatchNorm, optional ReLU.
+
+  With BatchNorm the convolution has no bias (BN's shift replaces it). `padding` is an
+  int (symmetric, as in Caffe and torchvision) or 'SAME'/'VALID'; `groups` gives the
+  grouped convolutions of Caffe's AlexNet.
+  """
+
+  def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
+               padding: int | str = 'SAME', groups: int = 1, batch_norm: bool = False,
+               relu: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
+    self.conv = nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
+                         padding=pad, feature_group_count=groups, use_bias=not batch_norm,
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.bn = (nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs) if batch_norm else None)
+    self.relu = relu
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = self.conv(x)
+    if self.bn is not None:
+      x = self.bn(x, use_running_average=not train)
+    return nnx.relu(x) if self.relu else x
+
+
+def global_pool(feats_BhwK: jax.Array, kind: str) -> jax.Array:
+  """Global average ('avg', GAP) or max ('max', GMP) pooling over h and w: `B×K`."""
+  if kind == 'avg':
+    return jnp.mean(feats_BhwK, axis=(1, 2))
+  if kind == 'max':
+    return jnp.max(feats_BhwK, axis=(1, 2))
+  raise ValueError(f"pooling must be 'avg' or 'max', got {kind!r}")
+
+
+def max_pool(x: jax.Array, window: int, stride: int, *, padding: int = 0,
+             ceil_mode: bool = False) -> jax.Array:
+  """Max pooling with Caffe's/torchvision's `ceil_mode` output sizes.
+
+  Caffe always rounds the output size up (GoogLeNet, AlexNet relied on it); torchvision
+  asks for it with ceil_mode=True. The extra window is padded with -inf.
+  """
+  pads = []
+  for size in x.shape[1:3]:
+    span = size + 2 * padding - window
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    # PyTorch: the last window must start inside the (left-padded) input.
+    if ceil_mode and (out - 1) * stride >= size + padding:
+      out -= 1
+    extra = max(0, (out - 1) * stride + window - size - 2 * padding)
+    pads.append((padding, padding + extra))
+  return nnx.max_pool(jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf),
+                      (window, window), strides=(stride, stride), padding='VALID')
+
+
+def local_response_norm(x_BHWC: jax.Array, size: int = 5, alpha: float = 1e-4,
+                        beta: float = 0.75, k: float = 1.0) -> jax.Array:
+  """Caffe's LRN across channels: `x / (k + alpha / size * sum_window x^2) ** beta`.
+
+  The window of `size` channels is centred on each channel (as Caffe and
+  torch.nn.LocalResponseNorm do); channels past the ends count as zeros.
+  """
+  sq = jnp.square(x_BHWC.astype(jnp.float32))
+  half = size // 2
+  padded = jnp.pad(sq, ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
+  window_sum = jax.lax.reduce_window(padded, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1),
+                                     'VALID')
+  return (x_BHWC / (k + alpha / size * window_sum) ** beta).astype(x_BHWC.dtype)
+
+
+def num_params(module: nnx.Module) -> int:
+  """Number of trainable parameters (nnx.Param leaves; BatchNorm statistics excluded)."""
+  return sum(int(x.size) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
