@@ -13,9 +13,14 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
-from cam_jax.models import small
+from cam_jax.models import small, vgg
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
+    # The paper's networks (Sec. 3.1) and the originals they are compared with.
+    'vgg16_gap': vgg.VGG16GAP,
+    'vgg16_gmp': vgg.VGG16GMP,
+    'vgg16': vgg.VGG16,
+    # Small networks that train on a CPU in minutes.
     'small_gap': small.SmallGAP,
     'small_gmp': functools.partial(small.SmallGAP, pooling='max'),
     # Test-only sizes (flax examples keep theirs at the bottom of models.py).

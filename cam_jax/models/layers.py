@@ -63,6 +63,25 @@ def max_pool(x: jax.Array, window: int, stride: int, *, padding: int = 0,
                       (window, window), strides=(stride, stride), padding='VALID')
 
 
+def adaptive_avg_pool(x_BHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+  """torch.nn.AdaptiveAvgPool2d: bin i covers rows [floor(i·H/out), ceil((i+1)·H/out)).
+
+  The originals' classifiers see a fixed map (6×6, 7×7); this lets them take other
+  input sizes, as torchvision's do. The identity when the map already has that size.
+  """
+  H, W = x_BHWC.shape[1:3]
+  oh, ow = out_hw
+  if (H, W) == (oh, ow):
+    return x_BHWC
+  rows = []
+  for i in range(oh):
+    h0, h1 = (i * H) // oh, -(-((i + 1) * H) // oh)
+    cols = [jnp.mean(x_BHWC[:, h0:h1, (j * W) // ow:-(-((j + 1) * W) // ow)], axis=(1, 2))
+            for j in range(ow)]
+    rows.append(jnp.stack(cols, axis=1))
+  return jnp.stack(rows, axis=1)
+
+
 def local_response_norm(x_BHWC: jax.Array, size: int = 5, alpha: float = 1e-4,
                         beta: float = 0.75, k: float = 1.0) -> jax.Array:
   """Caffe's LRN across channels: `x / (k + alpha / size * sum_window x^2) ** beta`.
