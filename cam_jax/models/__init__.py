@@ -13,13 +13,19 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
-from cam_jax.models import small, vgg
+from cam_jax.models import alexnet, nin, small, vgg
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     # The paper's networks (Sec. 3.1) and the originals they are compared with.
     'vgg16_gap': vgg.VGG16GAP,
     'vgg16_gmp': vgg.VGG16GMP,
     'vgg16': vgg.VGG16,
+    'alexnet_gap': alexnet.AlexNetGAP,
+    # As the official deploy_alexnetplusCAM_imagenet.prototxt: CaffeNet's LRN order.
+    'alexnet_star_gap': functools.partial(alexnet.AlexNetStarGAP, variant='caffenet'),
+    'alexnet': alexnet.AlexNet,
+    # A GAP network without a linear head: its last 1×1 conv gives the class maps.
+    'nin': nin.NIN,
     # Small networks that train on a CPU in minutes.
     'small_gap': small.SmallGAP,
     'small_gmp': functools.partial(small.SmallGAP, pooling='max'),

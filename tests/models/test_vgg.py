@@ -60,13 +60,3 @@ def test_cam_identity_on_a_small_input(pooling):
   feats = np.asarray(aux['features'], np.float64)
   pooled = feats.mean((1, 2)) if pooling == 'avg' else feats.max((1, 2))
   np.testing.assert_allclose(pooled @ kernel + bias, logits, rtol=1e-4, atol=1e-5)
-
-
-def test_adaptive_avg_pool_matches_torch_bins():
-  x = np.arange(7 * 5, dtype=np.float32).reshape(1, 7, 5, 1)
-  out = np.asarray(layers.adaptive_avg_pool(jnp.asarray(x), (3, 2)))[0, ..., 0]
-  # Rows: bins [0, 3), [2, 5), [4, 7); columns: [0, 3), [2, 5) (torch's floor/ceil rule).
-  ref = np.array([[x[0, r0:r1, c0:c1, 0].mean() for c0, c1 in [(0, 3), (2, 5)]]
-                  for r0, r1 in [(0, 3), (2, 5), (4, 7)]])
-  np.testing.assert_allclose(out, ref)
-  assert out[0, 0] == np.mean([0, 1, 2, 5, 6, 7, 10, 11, 12])  # worked by hand: 6.0
