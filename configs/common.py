@@ -50,3 +50,53 @@ def get_common() -> ml_collections.ConfigDict:
   config.eval.iou_threshold = 0.5
   config.eval.num_pictures = 12  # CAM figures written to workdir/cams/.
   return config
+
+
+def set_ilsvrc_finetuning(config: ml_collections.ConfigDict, image_size: int = 224) -> None:
+  """The paper's fine-tuning recipe on ILSVRC-2012 (DESIGN.md §4): SGD momentum 0.9, base
+  lr 1e-3, ×0.1 every 40k iterations, 160k iterations, weight decay 5e-4, batch 64."""
+  config.data.name = 'ilsvrc2012_loc'  # Added by the data issue; unknown until then.
+  config.data.image_size = image_size
+  config.batch_size = 64
+  config.total_steps = 160_000
+  config.optimizer.name = 'sgd'
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.schedule = 'step'
+  config.optimizer.decay_every = 40_000
+  config.log_every = 100
+  config.eval_every = 10_000
+  config.eval_examples_during_training = 10_000
+  config.checkpoint_every = 5_000
+
+
+def set_runlocal(config: ml_collections.ConfigDict, image_size: int = 64) -> None:
+  """A few steps of the real architecture on the synthetic dataset, on a CPU."""
+  config.data.name = 'cam_synth'
+  config.data.prepare = True
+  config.data.image_size = image_size
+  config.data.max_boxes = 4
+  config.batch_size = 8
+  config.total_steps = 4
+  config.optimizer.decay_every = 1000
+  config.log_every = 2
+  config.eval_every = 0
+  config.checkpoint_every = 4
+  config.eval.batch_size = 8
+  config.eval.num_examples = 16
+  config.eval.num_pictures = 2
+
+
+def get_network_config(model_name: str, arg: str | None, *, image_size: int = 224,
+                       runlocal_image_size: int = 64, **model_kwargs):
+  """A paper network: ILSVRC fine-tuning by default, `runlocal` for a CPU smoke run."""
+  config = get_common()
+  config.model.name = model_name
+  config.model.kwargs = model_kwargs
+  set_ilsvrc_finetuning(config, image_size)
+  if arg == 'runlocal':
+    set_runlocal(config, runlocal_image_size)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of the {model_name} config; known: 'runlocal'")
+  return config

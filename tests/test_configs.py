@@ -33,15 +33,20 @@ def test_config_loads_and_names_a_registered_model(name):
     module.get_config('nonsense')
 
 
-@pytest.mark.parametrize('name', [n for n in CONFIGS if n != 'synthetic_gap'])
+# GMP and AlexNet*-GAP differ from these only in layers that the unit tests check; each
+# end-to-end run of a big graph costs tens of seconds of compilation.
+@pytest.mark.parametrize('name', ['vgg16_gap', 'googlenet_gap', 'alexnet_gap'])
 def test_small_variant_runs_through_main(name, tiny_data_dir, tmp_path):
-  """The real architecture, a few steps on the tiny synthetic split (32×32 images)."""
+  """The real architecture, a few steps on the tiny synthetic split (32×32 images, resized
+  to the variant's input size; boxes are scored back on the 32×32 originals)."""
   workdir = str(tmp_path / name)
   cmd = [sys.executable, '-m', 'cam_jax.main', f'--config=configs/{name}.py:{_variant(name)}',
          f'--workdir={workdir}', f'--config.data.data_dir={tiny_data_dir}',
-         '--config.data.builder_config=tiny', '--config.data.image_size=32',
-         '--config.data.prepare=False']
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+         '--config.data.builder_config=tiny', '--config.data.prepare=False']
+  # One device: compiling these graphs for 8 fake devices takes twice as long, and
+  # tests/test_main.py already runs the entry point on 8.
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(workdir, 'eval.json')) as f:
     results = json.load(f)

@@ -13,10 +13,13 @@ from typing import Any, Callable
 import jax
 from flax import nnx
 
-from cam_jax.models import alexnet, nin, small, vgg
+from cam_jax.models import alexnet, googlenet, nin, small, vgg
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
     # The paper's networks (Sec. 3.1) and the originals they are compared with.
+    'googlenet_gap': googlenet.GoogLeNetGAP,
+    'googlenet_gmp': googlenet.GoogLeNetGMP,
+    'googlenet': googlenet.GoogLeNet,
     'vgg16_gap': vgg.VGG16GAP,
     'vgg16_gmp': vgg.VGG16GMP,
     'vgg16': vgg.VGG16,

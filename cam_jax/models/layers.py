@@ -54,6 +54,9 @@ def max_pool(x: jax.Array, window: int, stride: int, *, padding: int = 0,
   for size in x.shape[1:3]:
     span = size + 2 * padding - window
     out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if out < 1:
+      raise ValueError(f'max_pool: a {size}-pixel side (padding {padding}) is smaller than '
+                       f'the {window}-pixel window; use a larger input image')
     # PyTorch: the last window must start inside the (left-padded) input.
     if ceil_mode and (out - 1) * stride >= size + padding:
       out -= 1

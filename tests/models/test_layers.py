@@ -80,3 +80,8 @@ def test_grouped_conv_parameter_count(batch_norm):
   # in/2 · out · k · k weights, then out biases (no BN) or out scales + out shifts (BN).
   expected = 8 // 2 * 6 * 3 * 3 + (2 * 6 if batch_norm else 6)
   assert layers.num_params(block) == expected
+
+
+def test_max_pool_refuses_an_input_smaller_than_its_window():
+  with pytest.raises(ValueError, match='smaller than the 3-pixel window'):
+    layers.max_pool(jnp.zeros((1, 1, 1, 4)), 3, 1, ceil_mode=True)

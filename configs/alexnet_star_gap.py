@@ -1,0 +1,18 @@
+r"""AlexNet*-GAP (paper Sec. 3.1; the official deploy_alexnetplusCAM_imagenet.prototxt).
+
+  python -m cam_jax.main --config=configs/alexnet_star_gap.py --workdir=runs/alexnet_star_gap
+
+Trains on ILSVRC-2012 (`ilsvrc2012_loc`, added by the data issue) with the recipe of
+DESIGN.md §4.
+
+  python -m cam_jax.main --config=configs/alexnet_star_gap.py:runlocal --workdir=runs/as_local
+
+`runlocal`: 4 steps on the synthetic dataset at 99×99 (seconds on a CPU).
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+  return common.get_network_config('alexnet_star_gap', arg, image_size=227,
+                                   runlocal_image_size=99)

@@ -1,0 +1,19 @@
+r"""GoogLeNet-GMP (paper Sec. 3.1, Tables 1-2; bvlc_googlenet to inception4e, then the
+official CAM_conv 3×3/1024 group 2, global max pooling and CAM_fc).
+
+  python -m cam_jax.main --config=configs/googlenet_gmp.py --workdir=runs/googlenet_gmp
+
+Trains on ILSVRC-2012 (`ilsvrc2012_loc`, added by the data issue) with the recipe of
+DESIGN.md §4. `--config.model.kwargs.variant=torchvision` builds torchvision's layout.
+
+  python -m cam_jax.main --config=configs/googlenet_gmp.py:runlocal --workdir=runs/googlenet_local
+
+`runlocal`: the real architecture, 4 steps on the synthetic dataset at 64×64 (about 30 s
+on 2 CPU cores), then eval.json.
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+  return common.get_network_config('googlenet_gmp', arg, variant='caffe')
