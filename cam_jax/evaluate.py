@@ -52,7 +52,7 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, top_k: i
     if cam_hw is not None:
       classes_Bk = cam_lib.top_k_classes(logits_BC, top_k)
       class_ids_BT = jnp.concatenate([classes_Bk, labels_B[:, None].astype(jnp.int32)], 1)
-      kernel_KC, _ = models.head_params(model)
+      kernel_KC, _ = models.cam_weights(model)
       out['classes_Bk'] = classes_Bk
       out['cams_BThw'] = cam_lib.class_activation_maps(aux['features'], kernel_KC,
                                                        class_ids_BT, cam_hw)
@@ -98,6 +98,10 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
   num_classes = len(names)
   top_k = min(ev.top_k, num_classes)
   size = config.data.image_size
+  if localization and models.cam_weights(model) is None:
+    logging.warning('%s has a fully connected classifier: CAM does not apply, so only '
+                    'classification is evaluated.', type(model).__name__)
+    localization = False
   graphdef, state = nnx.split(model)
   predict = make_predict_fn(graphdef, mesh, top_k=top_k,
                             cam_hw=(size, size) if localization else None)
@@ -212,7 +216,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
   results = evaluate(config, model, mesh, localization=True,
                      num_examples=config.eval.get('num_examples'),
                      num_pictures=config.eval.num_pictures)
-  pictures = results.pop('pictures')
+  pictures = results.pop('pictures', [])
   results['step'] = step
   if jax.process_index() == 0:
     io_utils.atomic_write_json(os.path.join(workdir, 'eval.json'), results)

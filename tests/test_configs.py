@@ -35,7 +35,7 @@ def test_config_loads_and_names_a_registered_model(name):
 
 # GMP and AlexNet*-GAP differ from these only in layers that the unit tests check; each
 # end-to-end run of a big graph costs tens of seconds of compilation.
-@pytest.mark.parametrize('name', ['vgg16_gap', 'googlenet_gap', 'alexnet_gap'])
+@pytest.mark.parametrize('name', ['vgg16_gap', 'googlenet_gap', 'alexnet_gap', 'nin'])
 def test_small_variant_runs_through_main(name, tiny_data_dir, tmp_path):
   """The real architecture, a few steps on the tiny synthetic split (32×32 images, resized
   to the variant's input size; boxes are scored back on the 32×32 originals)."""

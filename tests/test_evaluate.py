@@ -1,8 +1,10 @@
 """The paper's localization protocol on hand-made CAMs, and the report formatting."""
 
 import numpy as np
+from flax import nnx
 
-from cam_jax import evaluate
+from cam_jax import evaluate, sharding
+from configs import synthetic_gap
 
 
 def _blob(hw, box):
@@ -66,3 +68,26 @@ def test_table_lists_metrics_in_percent():
   assert '| metric (10 images) | % |' in table
   assert '| classification top-1 error | 10.00 |' in table
   assert '| GT-known localization accuracy | 87.50 |' in table
+
+
+class _MLPClassifier(nnx.Module):
+  """A network with a fully connected classifier and no `head`: CAM does not apply."""
+
+  def __init__(self, num_classes, *, rngs):
+    self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+    self.classifier = nnx.Linear(4 * 32 * 32, num_classes, rngs=rngs)
+
+  def __call__(self, x, train=False):
+    feats = nnx.relu(self.conv(x))
+    return self.classifier(feats.reshape(feats.shape[0], -1)), {'features': feats}
+
+
+def test_fc_classifier_is_evaluated_for_classification_only(tiny_data_dir):
+  config = synthetic_gap.get_config('tiny')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  results = evaluate.evaluate(config, _MLPClassifier(4, rngs=nnx.Rngs(0)),
+                              sharding.make_mesh(), localization=True, num_pictures=2)
+  assert results['num_images'] == 64
+  assert 0 <= results['cls_top1_error'] <= 1
+  assert 'gt_known_loc_accuracy' not in results and 'loc_top1_error' not in results

@@ -11,6 +11,7 @@ import functools
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from cam_jax.models import alexnet, googlenet, nin, small, vgg
@@ -56,6 +57,21 @@ def head_params(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
   if not isinstance(head, nnx.Linear):
     raise TypeError(f'{type(model).__name__} has no linear `head`; CAM needs a GAP/GMP head')
   return head.kernel[...], head.bias[...]
+
+
+def cam_weights(model: nnx.Module) -> tuple[jax.Array, jax.Array] | None:
+  """`(kernel_KC, bias_C)` that turn `aux['features']` into class activation maps.
+
+  The linear head for GAP/GMP networks; the identity and zero bias for networks whose last
+  convolution already gives one map per class (NIN); None for networks with fully
+  connected classifiers (the original AlexNet and VGG16), where CAM does not apply.
+  """
+  if getattr(model, 'features_are_class_maps', False):
+    num_classes = model.num_classes
+    return jnp.eye(num_classes, dtype=jnp.float32), jnp.zeros((num_classes,), jnp.float32)
+  if isinstance(getattr(model, 'head', None), nnx.Linear):
+    return head_params(model)
+  return None
 
 
 def pooling(model: nnx.Module) -> str:

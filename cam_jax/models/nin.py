@@ -12,7 +12,8 @@ CAM: NIN's class maps are cccp8's ReLU'd outputs themselves (map k = class k), a
 `logits == mean_hw(aux['features'])`. Moving cccp8 into a linear `head` applied after
 pooling would be exact only without the ReLU that follows it, so the original is kept:
 `aux['features']` (and `aux['class_maps']`) are those `B×h×w×num_classes` maps and there
-is no `head` attribute; `models.head_params` refuses NIN.
+is no `head` attribute; `models.head_params` refuses NIN, and `models.cam_weights` gives
+the identity (class map c is feature c, no bias).
 
 Parameters for 1000 classes: 7,595,176 (counted in tests/models/test_nin.py).
 """
@@ -34,11 +35,17 @@ _BLOCKS = ((96, 11, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1), (1024, 3, 1, 1))
 class NIN(nnx.Module):
   """nin_imagenet: `model(images_BHWC, train) -> (logits_BC, aux)`.
 
+  `features_are_class_maps`: feature k is the map of class k (see the module docstring).
+
   With `batch_norm=True` every conv but cccp8 (the classifier) gets BatchNorm.
   """
 
+  features_are_class_maps = True
+  pooling = 'avg'
+
   def __init__(self, num_classes: int, *, batch_norm: bool = False, dropout_rate: float = 0.5,
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.num_classes = num_classes
     conv = functools.partial(layers.ConvBNReLU, dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
     blocks, ch = [], 3

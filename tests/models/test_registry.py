@@ -52,3 +52,16 @@ def test_head_params_shapes_and_pooling_kind():
   kernel, bias = models.head_params(model)
   assert kernel.shape == (32, 6) and bias.shape == (6,)
   assert models.pooling(model) == 'max'
+
+
+def test_cam_weights_per_kind_of_network():
+  # GAP: the linear head; NIN: the identity (class map c is feature c); FC classifier: None.
+  gap = models.get_model('tiny_gap', num_classes=7, rngs=nnx.Rngs(0))
+  kernel, bias = models.cam_weights(gap)
+  assert (kernel == gap.head.kernel[...]).all() and (bias == gap.head.bias[...]).all()
+  nin = nnx.eval_shape(lambda: models.get_model('nin', num_classes=7, rngs=nnx.Rngs(0)))
+  kernel, bias = models.cam_weights(nin)
+  assert (kernel == jnp.eye(7)).all() and (bias == 0).all()
+  for name in ('alexnet', 'vgg16'):
+    fc = nnx.eval_shape(lambda: models.get_model(name, num_classes=7, rngs=nnx.Rngs(0)))
+    assert models.cam_weights(fc) is None

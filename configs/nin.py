@@ -1,0 +1,18 @@
+r"""NIN (Lin et al., 2014; Caffe's nin_imagenet), the GAP baseline of Tables 1-2: its last
+1×1 conv gives one map per class, which is its CAM.
+
+  python -m cam_jax.main --config=configs/nin.py --workdir=runs/nin
+
+Trains on ILSVRC-2012 (`ilsvrc2012_loc`, added by the data issue) with the recipe of
+DESIGN.md §4.
+
+  python -m cam_jax.main --config=configs/nin.py:runlocal --workdir=runs/nin_local
+
+`runlocal`: the real architecture, 4 steps on the synthetic dataset at 99×99, on a CPU.
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+  return common.get_network_config('nin', arg, image_size=227, runlocal_image_size=99)
