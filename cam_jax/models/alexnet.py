@@ -126,7 +126,7 @@ class AlexNet(nnx.Module):
     return self.classifier(x), {'features': feats_BhwK}
 
 
-class AlexNetGAP(nnx.Module):
+class AlexNetGAP(layers.GAPNetwork):
   """AlexNet-GAP (and -GMP with `pooling='max'`), paper Sec. 3.1.
 
   The trunk through conv5 (pool5 .. prob removed), then `cam_conv` 3×3/1, pad 1, 1024
@@ -143,26 +143,15 @@ class AlexNetGAP(nnx.Module):
                cam_groups: int = 1, pooling: str = 'avg', batch_norm: bool = False,
                dropout_rate: float = 0.5, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
-    if pooling not in ('avg', 'max'):
-      raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
-    self.pooling = pooling
     self.trunk = AlexNetTrunk(variant=variant, batch_norm=batch_norm, dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)
-    self.cam_conv = layers.ConvBNReLU(self.trunk.out_channels, cam_channels, 3, padding=1,
-                                      groups=cam_groups, batch_norm=batch_norm, dtype=dtype,
-                                      param_dtype=param_dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.head = nnx.Linear(cam_channels, num_classes, dtype=dtype, param_dtype=param_dtype,
-                           rngs=rngs)
-
-  def __call__(self, images_BHWC: jax.Array, train: bool = False):
-    feats_BhwK = self.cam_conv(self.trunk(images_BHWC, train), train)
-    pooled_BK = self.dropout(layers.global_pool(feats_BhwK, self.pooling),
-                             deterministic=not train)
-    return self.head(pooled_BK), {'features': feats_BhwK}
+    self.add_cam_head(self.trunk.out_channels, num_classes, cam_channels=cam_channels,
+                      cam_groups=cam_groups, pooling=pooling, batch_norm=batch_norm,
+                      dropout_rate=dropout_rate, dtype=dtype, param_dtype=param_dtype,
+                      rngs=rngs)
 
 
-class AlexNetStarGAP(nnx.Module):
+class AlexNetStarGAP(layers.GAPNetwork):
   """AlexNet*-GAP: AlexNet-GAP with two conv layers added before GAP (paper Table 1).
 
   Built as the official models/deploy_alexnetplusCAM_imagenet.prototxt of zhoubolei/CAM
@@ -186,25 +175,18 @@ class AlexNetStarGAP(nnx.Module):
                batch_norm: bool = False, dropout_rate: float = 0.5, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     _check_variant(variant)
-    if pooling not in ('avg', 'max'):
-      raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
-    self.pooling = pooling
     caffe = variant != 'torchvision'
     self.trunk = AlexNetTrunk(variant=variant, conv5_channels=384 if caffe else None,
                               batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype,
                               rngs=rngs)
-    conv = functools.partial(layers.ConvBNReLU, kernel=3, padding=1, groups=2 if caffe else 1,
-                             batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype,
-                             rngs=rngs)
-    self.conv6 = conv(self.trunk.out_channels, 512)
-    self.cam_conv = conv(512, 512)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.head = nnx.Linear(512, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.conv6 = layers.ConvBNReLU(self.trunk.out_channels, 512, 3, padding=1,
+                                   groups=2 if caffe else 1, batch_norm=batch_norm,
+                                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    # conv7 of the prototxt is the CAM layer: 512 channels, group 2.
+    self.add_cam_head(512, num_classes, cam_channels=512, cam_groups=2 if caffe else 1,
+                      pooling=pooling, batch_norm=batch_norm, dropout_rate=dropout_rate,
+                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, images_BHWC: jax.Array, train: bool = False):
-    x = self.trunk(images_BHWC, train)
-    x = layers.max_pool(x, 3, 1, ceil_mode=self.trunk.ceil_mode)
-    feats_BhwK = self.cam_conv(self.conv6(x, train), train)
-    pooled_BK = self.dropout(layers.global_pool(feats_BhwK, self.pooling),
-                             deterministic=not train)
-    return self.head(pooled_BK), {'features': feats_BhwK}
+  def backbone(self, images_BHWC: jax.Array, train: bool) -> jax.Array:
+    x = layers.max_pool(self.trunk(images_BHWC, train), 3, 1, ceil_mode=self.trunk.ceil_mode)
+    return self.conv6(x, train)

@@ -128,7 +128,7 @@ class GoogLeNetTrunk(nnx.Module):
     return x
 
 
-class GoogLeNetGAP(nnx.Module):
+class GoogLeNetGAP(layers.GAPNetwork):
   """GoogLeNet-GAP (and -GMP with `pooling='max'`): `model(images_BHWC, train)`.
 
   The trunk through inception4e, then `cam_conv` (3×3, pad 1, `cam_channels`, groups
@@ -141,22 +141,12 @@ class GoogLeNetGAP(nnx.Module):
                cam_channels: int = 1024, cam_groups: int = 2, pooling: str = 'avg',
                dropout_rate: float = 0.0, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
-    layers.global_pool(jnp.zeros((1, 1, 1, 1)), pooling)  # validates the name early
-    self.pooling = pooling
     self.trunk = GoogLeNetTrunk(variant=variant, batch_norm=batch_norm, last='4e',
                                 dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.cam_conv = layers.ConvBNReLU(self.trunk.out_channels, cam_channels, 3, padding=1,
-                                      groups=cam_groups, batch_norm=batch_norm, dtype=dtype,
-                                      param_dtype=param_dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.head = nnx.Linear(cam_channels, num_classes, dtype=dtype, param_dtype=param_dtype,
-                           rngs=rngs)
-
-  def __call__(self, images_BHWC: jax.Array, train: bool = False):
-    feats_BhwK = self.cam_conv(self.trunk(images_BHWC, train), train)
-    pooled_BK = self.dropout(layers.global_pool(feats_BhwK, self.pooling),
-                             deterministic=not train)
-    return self.head(pooled_BK), {'features': feats_BhwK}
+    self.add_cam_head(self.trunk.out_channels, num_classes, cam_channels=cam_channels,
+                      cam_groups=cam_groups, pooling=pooling, batch_norm=batch_norm,
+                      dropout_rate=dropout_rate, dtype=dtype, param_dtype=param_dtype,
+                      rngs=rngs)
 
 
 GoogLeNetGMP = functools.partial(GoogLeNetGAP, pooling='max')

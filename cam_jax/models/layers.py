@@ -34,6 +34,36 @@ class ConvBNReLU(nnx.Module):
     return nnx.relu(x) if self.relu else x
 
 
+class GAPNetwork(nnx.Module):
+  """The paper's recipe on top of a backbone: the added conv (`cam_conv`), global average
+  (or max) pooling, dropout and one linear layer (`head`).
+
+  Subclasses build `self.trunk` (or override `backbone`) and call `add_cam_head`. The
+  model contract follows: `model(images_BHWC, train) -> (logits_BC, {'features': ...})`
+  with the features the ReLU'd `cam_conv` map, so that `models.head_params` applies.
+  """
+
+  def add_cam_head(self, in_ch: int, num_classes: int, *, cam_channels: int,
+                   cam_groups: int, pooling: str, batch_norm: bool, dropout_rate: float,
+                   dtype, param_dtype, rngs: nnx.Rngs) -> None:
+    global_pool(jnp.zeros((1, 1, 1, 1)), pooling)  # validates the name at construction
+    self.pooling = pooling
+    self.cam_conv = ConvBNReLU(in_ch, cam_channels, 3, padding=1, groups=cam_groups,
+                               batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype,
+                               rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.head = nnx.Linear(cam_channels, num_classes, dtype=dtype, param_dtype=param_dtype,
+                           rngs=rngs)
+
+  def backbone(self, images_BHWC: jax.Array, train: bool) -> jax.Array:
+    return self.trunk(images_BHWC, train)
+
+  def __call__(self, images_BHWC: jax.Array, train: bool = False):
+    feats_BhwK = self.cam_conv(self.backbone(images_BHWC, train), train)
+    pooled_BK = self.dropout(global_pool(feats_BhwK, self.pooling), deterministic=not train)
+    return self.head(pooled_BK), {'features': feats_BhwK}
+
+
 def global_pool(feats_BhwK: jax.Array, kind: str) -> jax.Array:
   """Global average ('avg', GAP) or max ('max', GMP) pooling over h and w: `B×K`."""
   if kind == 'avg':

@@ -44,7 +44,7 @@ class VGGTrunk(nnx.Module):
     return x
 
 
-class VGG16GAP(nnx.Module):
+class VGG16GAP(layers.GAPNetwork):
   """VGGnet-GAP (and -GMP with `pooling='max'`): `model(images_BHWC, train)`.
 
   `aux['features']` is the ReLU'd `CAM_conv` map `B×h×w×cam_channels`; `self.head` is
@@ -55,22 +55,12 @@ class VGG16GAP(nnx.Module):
   def __init__(self, num_classes: int, *, cam_channels: int = 1024, cam_groups: int = 2,
                pooling: str = 'avg', batch_norm: bool = False, dropout_rate: float = 0.5,
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    layers.global_pool(jnp.zeros((1, 1, 1, 1)), pooling)  # validates the name early
-    self.pooling = pooling
     self.trunk = VGGTrunk(batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype,
                           rngs=rngs)
-    self.cam_conv = layers.ConvBNReLU(self.trunk.out_channels, cam_channels, 3, padding=1,
-                                      groups=cam_groups, batch_norm=batch_norm, dtype=dtype,
-                                      param_dtype=param_dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.head = nnx.Linear(cam_channels, num_classes, dtype=dtype, param_dtype=param_dtype,
-                           rngs=rngs)
-
-  def __call__(self, images_BHWC: jax.Array, train: bool = False):
-    feats_BhwK = self.cam_conv(self.trunk(images_BHWC, train), train)
-    pooled_BK = self.dropout(layers.global_pool(feats_BhwK, self.pooling),
-                             deterministic=not train)
-    return self.head(pooled_BK), {'features': feats_BhwK}
+    self.add_cam_head(self.trunk.out_channels, num_classes, cam_channels=cam_channels,
+                      cam_groups=cam_groups, pooling=pooling, batch_norm=batch_norm,
+                      dropout_rate=dropout_rate, dtype=dtype, param_dtype=param_dtype,
+                      rngs=rngs)
 
 
 VGG16GMP = functools.partial(VGG16GAP, pooling='max')
