@@ -1,4 +1,7 @@
-r"""AlexNet*-GAP (paper Sec. 3.1; the official deploy_alexnetplusCAM_imagenet.prototxt).
+r"""AlexNet*-GAP (paper Sec. 3.1): AlexNet-GAP with two 3×3 conv layers before the 1024 conv.
+
+`--config.model.name=alexnet_star_gap_official` builds the released
+deploy_alexnetplusCAM_imagenet.prototxt instead (11×11 map, no 1024 conv).
 
   python -m cam_jax.main --config=configs/alexnet_star_gap.py --workdir=runs/alexnet_star_gap
 

@@ -25,8 +25,11 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     'vgg16_gmp': vgg.VGG16GMP,
     'vgg16': vgg.VGG16,
     'alexnet_gap': alexnet.AlexNetGAP,
-    # As the official deploy_alexnetplusCAM_imagenet.prototxt: CaffeNet's LRN order.
-    'alexnet_star_gap': functools.partial(alexnet.AlexNetStarGAP, variant='caffenet'),
+    # The paper's text (13×13 map, 1024-channel CAM conv) and, differing from it, the
+    # released deploy_alexnetplusCAM_imagenet.prototxt (11×11, 512; CaffeNet's LRN order).
+    'alexnet_star_gap': functools.partial(alexnet.AlexNetStarGAP, layout='paper'),
+    'alexnet_star_gap_official': functools.partial(alexnet.AlexNetStarGAP, layout='official',
+                                                   variant='caffenet'),
     'alexnet': alexnet.AlexNet,
     # A GAP network without a linear head: its last 1×1 conv gives the class maps.
     'nin': nin.NIN,

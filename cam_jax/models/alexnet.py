@@ -154,8 +154,14 @@ class AlexNetGAP(layers.GAPNetwork):
 class AlexNetStarGAP(layers.GAPNetwork):
   """AlexNet*-GAP: AlexNet-GAP with two conv layers added before GAP (paper Table 1).
 
-  Built as the official models/deploy_alexnetplusCAM_imagenet.prototxt of zhoubolei/CAM
-  ("imagenetCNN_alexnetdeep", input 227) has it:
+  `layout='paper'` (the registry's `alexnet_star_gap`) follows the paper's text and
+  DESIGN.md §4: the AlexNet-GAP trunk (pool5 removed, 13×13 at 227), conv6 and conv7
+  (3×3, pad 1, 512 outputs, group 2 in the Caffe variants, as in the official prototxt),
+  then the paper's 1024-channel 3×3 conv (`self.cam_conv`), GAP, dropout, `self.head`.
+
+  `layout='official'` (`alexnet_star_gap_official`) is the released
+  models/deploy_alexnetplusCAM_imagenet.prototxt of zhoubolei/CAM
+  ("imagenetCNN_alexnetdeep", input 227), which differs from the text:
 
   - conv5 has **384** outputs (3×3, pad 1, group 2), not AlexNet's 256;
   - pool5 **stays**, as a 3×3 max pooling with **stride 1** (13×13 → 11×11);
@@ -163,30 +169,45 @@ class AlexNetStarGAP(layers.GAPNetwork):
   - conv7: 3×3, pad 1, 512 outputs, group 2, ReLU (`self.cam_conv`, `aux['features']`);
   - pool8_global: 11×11 average pooling (GAP), drop8 (dropout 0.5), fc9 (`self.head`).
 
-  There is **no** 1024-channel conv: the CAM has 512 channels and an 11×11 mapping
-  resolution. The prototxt orders LRN after pooling: use `variant='caffenet'` to match
-  it exactly ('caffe' differs only in that order). For 'torchvision' (no official
+  There is no 1024-channel conv there: the CAM has 512 channels and an 11×11 mapping
+  resolution. The prototxt orders LRN after pooling: `variant='caffenet'` matches it
+  exactly ('caffe' differs only in that order). For 'torchvision' (no official
   counterpart) conv5 keeps torchvision's 256 channels and conv6/conv7 are ungrouped.
 
-  Parameters for 1000 classes: 5,133,800 ('caffe', 'caffenet'), 6,522,664 ('torchvision').
+  Parameters for 1000 classes: official 5,133,800 ('caffe', 'caffenet'), 6,522,664
+  ('torchvision'); paper 9,849,192 ('caffe').
   """
 
-  def __init__(self, num_classes: int, *, variant: str = 'caffe', pooling: str = 'avg',
-               batch_norm: bool = False, dropout_rate: float = 0.5, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, num_classes: int, *, layout: str = 'official', variant: str = 'caffe',
+               pooling: str = 'avg', batch_norm: bool = False, dropout_rate: float = 0.5,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     _check_variant(variant)
+    if layout not in ('official', 'paper'):
+      raise ValueError(f"layout must be 'official' or 'paper', got {layout!r}")
+    self.official = layout == 'official'
     caffe = variant != 'torchvision'
-    self.trunk = AlexNetTrunk(variant=variant, conv5_channels=384 if caffe else None,
+    groups = 2 if caffe else 1
+    conv = functools.partial(layers.ConvBNReLU, kernel=3, padding=1, groups=groups,
+                             batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype,
+                             rngs=rngs)
+    self.trunk = AlexNetTrunk(variant=variant,
+                              conv5_channels=384 if caffe and self.official else None,
                               batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype,
                               rngs=rngs)
-    self.conv6 = layers.ConvBNReLU(self.trunk.out_channels, 512, 3, padding=1,
-                                   groups=2 if caffe else 1, batch_norm=batch_norm,
-                                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    # conv7 of the prototxt is the CAM layer: 512 channels, group 2.
-    self.add_cam_head(512, num_classes, cam_channels=512, cam_groups=2 if caffe else 1,
-                      pooling=pooling, batch_norm=batch_norm, dropout_rate=dropout_rate,
-                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.conv6 = conv(self.trunk.out_channels, 512)
+    if self.official:
+      # conv7 of the prototxt is the CAM layer: 512 channels, grouped like conv6.
+      self.add_cam_head(512, num_classes, cam_channels=512, cam_groups=groups,
+                        pooling=pooling, batch_norm=batch_norm, dropout_rate=dropout_rate,
+                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    else:
+      self.conv7 = conv(512, 512)
+      self.add_cam_head(512, num_classes, cam_channels=1024, cam_groups=1, pooling=pooling,
+                        batch_norm=batch_norm, dropout_rate=dropout_rate, dtype=dtype,
+                        param_dtype=param_dtype, rngs=rngs)
 
   def backbone(self, images_BHWC: jax.Array, train: bool) -> jax.Array:
-    x = layers.max_pool(self.trunk(images_BHWC, train), 3, 1, ceil_mode=self.trunk.ceil_mode)
-    return self.conv6(x, train)
+    x = self.trunk(images_BHWC, train)
+    if self.official:
+      return self.conv6(layers.max_pool(x, 3, 1, ceil_mode=self.trunk.ceil_mode), train)
+    return self.conv7(self.conv6(x, train), train)

@@ -4,6 +4,8 @@ Full-size networks are only built under `nnx.eval_shape` / `jax.eval_shape` (not
 allocated); real computation uses small inputs and 5 classes.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +48,11 @@ STAR_CAFFE = (sum(CAFFE_CONVS[:4]) + _conv(384, 384, 3, groups=2)
 # torchvision variant: conv5 stays 256, conv6 256·512·9 + 512, conv7 512·512·9 + 512.
 STAR_TORCHVISION = (sum(TORCHVISION_CONVS) + _conv(256, 512, 3) + _conv(512, 512, 3)
                     + _fc(512, 1000))
+# AlexNet*-GAP as the paper's text (layout='paper'): the AlexNet-GAP trunk, conv6
+# 256/2·512·9 + 512 = 590,336, conv7 512/2·512·9 + 512 = 1,180,160, then the 1024 conv
+# 512·1024·9 + 1024 = 4,719,616 and the head 1,025,000: 9,849,192 in all.
+STAR_PAPER = (sum(CAFFE_CONVS) + _conv(256, 512, 3, groups=2) + _conv(512, 512, 3, groups=2)
+              + _conv(512, 1024, 3) + _fc(1024, 1000))
 
 
 def _build(cls, num_classes, seed=0, **kwargs):
@@ -85,6 +92,7 @@ def _count(cls, **kwargs):
      sum(CAFFE_CONVS) + _conv(256, 1024, 3, groups=2) + _fc(1024, 1000), 4_539_752),
     (alexnet.AlexNetStarGAP, {'variant': 'caffe'}, STAR_CAFFE, 5_133_800),
     (alexnet.AlexNetStarGAP, {'variant': 'torchvision'}, STAR_TORCHVISION, 6_522_664),
+    (alexnet.AlexNetStarGAP, {'layout': 'paper'}, STAR_PAPER, 9_849_192),
 ])
 def test_parameter_counts(cls, kwargs, expected, known):
   assert expected == known
@@ -107,6 +115,19 @@ def test_mapping_resolution(cls, channels, shrink, variant, size, hw):
   logits, aux = jax.eval_shape(forward, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
   assert logits.shape == (2, 7)
   assert aux['features'].shape == (2, hw - shrink, hw - shrink, channels)
+
+
+@pytest.mark.parametrize('name, size, shape', [
+    ('alexnet_star_gap', 227, (13, 13, 1024)),           # the paper's text: 13×13
+    ('alexnet_star_gap_official', 227, (11, 11, 512)),   # the released prototxt
+])
+def test_registered_star_layouts(name, size, shape):
+  def forward(images):
+    return models.get_model(name, num_classes=7, rngs=nnx.Rngs(0))(images)
+
+  logits, aux = jax.eval_shape(forward, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
+  assert logits.shape == (2, 7)
+  assert aux['features'].shape == (2, *shape)
 
 
 def test_originals_have_no_head():
@@ -150,6 +171,7 @@ def images():
 @pytest.mark.parametrize('cls, variant, hw', [
     (alexnet.AlexNetGAP, 'caffe', 5),
     (alexnet.AlexNetStarGAP, 'caffenet', 3),
+    (functools.partial(alexnet.AlexNetStarGAP, layout='paper'), 'caffe', 5),
 ])
 def test_cam_identity(images, cls, variant, hw):
   model = _build(cls, 5, variant=variant)
