@@ -132,7 +132,15 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
   ds = _process_shard(ds.map_with_index(lambda i, ex: (i, ex)))
   ds = ds.map(EvalPreprocess(image_size, max_boxes)).batch(process_batch_size)
   batches = iter(ds.to_iter_dataset(_read_options(num_threads)))
-  template = None
+  # A process whose share is empty (fewer images than processes) still needs a batch.
+  template = {
+      'image': np.zeros((process_batch_size, image_size, image_size, 3), np.float32),
+      'label': np.zeros((process_batch_size,), np.int32),
+      'boxes': np.full((process_batch_size, max_boxes, 4), -1, np.int32),
+      'num_boxes': np.zeros((process_batch_size,), np.int32),
+      'orig_hw': np.full((process_batch_size, 2), image_size, np.int32),
+      'index': np.zeros((process_batch_size,), np.int32),
+  }
   for _ in range(num_batches):
     batch = next(batches, None)
     if batch is None:

@@ -58,3 +58,15 @@ def test_resize_and_grayscale():
   rgb = pipeline.to_rgb_uint8(gray)
   assert rgb.shape == (3, 4, 3) and (rgb[..., 0] == gray).all()
   assert pipeline.resize(rgb, 8).shape == (8, 8, 3)
+
+
+def test_eval_batches_of_an_empty_share_keep_the_batch_shape(tiny_data_dir, monkeypatch):
+  """Process 3 of 4 reading 3 images owns none of them, but must step with the others."""
+  import jax  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, 'process_index', lambda: 3)
+  monkeypatch.setattr(jax, 'process_count', lambda: 4)
+  source = _source(tiny_data_dir, 'test')
+  got = list(pipeline.eval_batches(source, image_size=32, process_batch_size=8, max_boxes=4,
+                                   num_examples=3))
+  assert [n for _, n in got] == [0]
+  assert got[0][0]['image'].shape == (8, 32, 32, 3)

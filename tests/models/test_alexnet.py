@@ -55,27 +55,6 @@ STAR_PAPER = (sum(CAFFE_CONVS) + _conv(256, 512, 3, groups=2) + _conv(512, 512, 
               + _conv(512, 1024, 3) + _fc(1024, 1000))
 
 
-def _build(cls, num_classes, seed=0, **kwargs):
-  """`cls` with parameters drawn by numpy (N(0, 1/fan_in)) into its abstract state.
-
-  Eager jax.random initialisation compiles one kernel per parameter shape: seconds per
-  model on a shared 2-core CPU, for numbers these tests do not care about.
-  """
-  graphdef, state = nnx.split(nnx.eval_shape(
-      lambda: cls(num_classes, rngs=nnx.Rngs(seed, dropout=seed + 1), **kwargs)))
-  rng = np.random.default_rng(seed)
-
-  def fill(x):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.key(seed)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      return np.zeros(x.shape, x.dtype)
-    fan_in = np.prod(x.shape[:-1]) if len(x.shape) > 1 else 1
-    return (rng.standard_normal(x.shape) / np.sqrt(fan_in)).astype(x.dtype)
-
-  return nnx.merge(graphdef, jax.tree.map(fill, state))
-
-
 def _count(cls, **kwargs):
   return layers.num_params(nnx.eval_shape(lambda: cls(1000, rngs=nnx.Rngs(0), **kwargs)))
 
@@ -173,8 +152,8 @@ def images():
     (alexnet.AlexNetStarGAP, 'caffenet', 3),
     (functools.partial(alexnet.AlexNetStarGAP, layout='paper'), 'caffe', 5),
 ])
-def test_cam_identity(images, cls, variant, hw):
-  model = _build(cls, 5, variant=variant)
+def test_cam_identity(images, cls, variant, hw, random_model):
+  model = random_model(lambda: cls(5, variant=variant, rngs=nnx.Rngs(0, dropout=1)))
   logits, aux = model(images, train=False)
   feats = aux['features']
   assert feats.shape[:3] == (2, hw, hw)
@@ -186,8 +165,9 @@ def test_cam_identity(images, cls, variant, hw):
   np.testing.assert_allclose(cams.mean((1, 2)) + bias[None], logits, rtol=1e-4, atol=1e-4)
 
 
-def test_dropout_only_in_training(images):
-  model = _build(alexnet.AlexNetGAP, 5, variant='torchvision')
+def test_dropout_only_in_training(images, random_model):
+  model = random_model(lambda: alexnet.AlexNetGAP(5, variant='torchvision',
+                                                  rngs=nnx.Rngs(0, dropout=1)))
   eval_a, _ = model(images, train=False)
   eval_b, _ = model(images, train=False)
   np.testing.assert_array_equal(eval_a, eval_b)

@@ -145,34 +145,6 @@ def _images():
   return np.random.default_rng(1).uniform(size=(2, 64, 64, 3)).astype(np.float32)
 
 
-def _random_model(build, seed=0):
-  """`build()` with He-normal kernels and small random biases drawn by NumPy.
-
-  NNX's own initialisers compile one XLA program per parameter shape: tens of seconds for
-  a GoogLeNet on two CPU cores. BatchNorm starts at scale 1, mean 0, var 1.
-  """
-  graphdef, state = nnx.split(nnx.eval_shape(build))
-  rng = np.random.default_rng(seed)
-  key = jax.random.key(seed)
-
-  def fill(path, leaf):
-    name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-      return key
-    if name == 'kernel':
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      value = rng.standard_normal(leaf.shape, np.float32) * np.float32(np.sqrt(2 / fan_in))
-    elif name == 'bias':
-      value = rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-    elif name in ('scale', 'var'):
-      value = np.ones(leaf.shape, leaf.dtype)
-    else:  # BN mean, RNG counts
-      value = np.zeros(leaf.shape, leaf.dtype)
-    return jnp.asarray(value)
-
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
-
-
 @pytest.fixture
 def fast_compile():
   """XLA without most optimisations: compiling a GoogLeNet takes half as long."""
@@ -196,8 +168,8 @@ _TV_GMP = dict(variant='torchvision', dropout_rate=0.5)
     (googlenet.GoogLeNet, {}, np.mean),
 ])
 @pytest.mark.usefixtures('fast_compile')
-def test_cam_identity(cls, kwargs, reduce):
-  model = _random_model(lambda: cls(5, rngs=nnx.Rngs(0), **kwargs))
+def test_cam_identity(cls, kwargs, reduce, random_model):
+  model = random_model(lambda: cls(5, rngs=nnx.Rngs(0), **kwargs))
   logits, aux = _forward(model, _images(), train=False)
   feats = np.asarray(aux['features'])
   assert feats.shape[1:3] == ((4, 4) if cls is not googlenet.GoogLeNet else (2, 2))
@@ -212,8 +184,8 @@ def test_cam_identity(cls, kwargs, reduce):
 
 
 @pytest.mark.usefixtures('fast_compile')
-def test_train_mode_dropout_and_batch_norm():
-  model = _random_model(lambda: googlenet.GoogLeNetGMP(5, rngs=nnx.Rngs(0), **_TV_GMP))
+def test_train_mode_dropout_and_batch_norm(random_model):
+  model = random_model(lambda: googlenet.GoogLeNetGMP(5, rngs=nnx.Rngs(0), **_TV_GMP))
   images = _images()
   stats_before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
 

@@ -10,24 +10,6 @@ from cam_jax import models
 from cam_jax.models import layers, nin
 
 
-def _build(num_classes, seed=0):
-  """NIN with numpy-drawn parameters (N(0, 1/fan_in)): eager jax.random initialisation
-  compiles one kernel per parameter shape, seconds on a shared 2-core CPU."""
-  graphdef, state = nnx.split(nnx.eval_shape(
-      lambda: nin.NIN(num_classes, rngs=nnx.Rngs(seed, dropout=seed + 1))))
-  rng = np.random.default_rng(seed)
-
-  def fill(x):
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.key(seed)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      return np.zeros(x.shape, x.dtype)
-    fan_in = np.prod(x.shape[:-1]) if len(x.shape) > 1 else 1
-    return (rng.standard_normal(x.shape) / np.sqrt(fan_in)).astype(x.dtype)
-
-  return nnx.merge(graphdef, jax.tree.map(fill, state))
-
-
 def test_parameter_count_counted_by_hand():
   # Each conv: cin·cout·k·k + cout (no groups in NIN).
   expected = (
@@ -59,9 +41,9 @@ def test_mapping_resolution(size, hw):
   assert aux['features'].shape == aux['class_maps'].shape == (2, hw, hw, 1000)
 
 
-def test_logits_are_the_mean_of_the_class_maps():
+def test_logits_are_the_mean_of_the_class_maps(random_model):
   # 99 -> conv1 23 -> pool 11 -> pool 5 -> pool 2.
-  model = _build(5)
+  model = random_model(lambda: nin.NIN(5, rngs=nnx.Rngs(0, dropout=1)))
   images = jax.random.normal(jax.random.key(0), (2, 99, 99, 3))
   logits, aux = model(images, train=False)
   assert aux['features'].shape == (2, 2, 2, 5)
