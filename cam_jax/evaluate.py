@@ -41,19 +41,18 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, top_k: i
                     cam_hw: tuple[int, int] | None) -> Callable:
   """`predict(state, images_BHWC, labels_B) -> dict`, jitted over the mesh.
 
-  With `cam_hw`, the dict holds `classes_Bk` (top k, best first) and `cams_BThw` for
-  T = k + 1 classes: the top k, then the label (for GT-known localization).
+  The dict holds `logits_BC`, `classes_Bk` (top k, best first) and, with `cam_hw`,
+  `cams_BThw` for T = k + 1 classes: the top k, then the label (for GT-known localization).
   """
 
   def predict(state, images_BHWC, labels_B):
     model = nnx.merge(graphdef, state)
     logits_BC, aux = model(images_BHWC, train=False)
-    out = {'logits_BC': logits_BC.astype(jnp.float32)}
+    classes_Bk = cam_lib.top_k_classes(logits_BC, top_k)
+    out = {'logits_BC': logits_BC.astype(jnp.float32), 'classes_Bk': classes_Bk}
     if cam_hw is not None:
-      classes_Bk = cam_lib.top_k_classes(logits_BC, top_k)
       class_ids_BT = jnp.concatenate([classes_Bk, labels_B[:, None].astype(jnp.int32)], 1)
       kernel_KC, _ = models.cam_weights(model)
-      out['classes_Bk'] = classes_Bk
       out['cams_BThw'] = cam_lib.class_activation_maps(aux['features'], kernel_KC,
                                                        class_ids_BT, cam_hw)
     return out
@@ -108,9 +107,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
   process_batch = sharding.check_batch_size(ev.batch_size, mesh, 'eval.batch_size')
 
   counts = dict.fromkeys(['num_images', 'cls_top1', 'cls_top5', 'loc_top1', 'loc_top5',
-                          'gt_known', 'rel_h', 'rel_w', 'num_gt'], 0.0)
+                          'gt_known', 'gt_known_iou', 'rel_h', 'rel_w', 'num_gt'], 0.0)
   gt = []  # (orig_hw, boxes) per image, for the centre baseline once the mean size is known
-  iou_sum = 0.0
   pictures = []
   for batch, n in pipeline.eval_batches(source, image_size=size, process_batch_size=process_batch,
                                         max_boxes=config.data.max_boxes,
@@ -119,15 +117,13 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
     arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
     out = sharding.to_host(predict(state, arrays['image'], arrays['label']), mesh)
     labels_B = batch['label'][:n]
-    logits_BC = out['logits_BC'][:n]
-    ranked_Bk = np.argsort(-logits_BC, axis=1, kind='stable')[:, :top_k]
-    hit_Bk = ranked_Bk == labels_B[:, None]
+    classes_Bk = out['classes_Bk'][:n]
+    hit_Bk = classes_Bk == labels_B[:, None]
     counts['num_images'] += n
     counts['cls_top1'] += hit_Bk[:, 0].sum()
     counts['cls_top5'] += hit_Bk.any(1).sum()
     if not localization:
       continue
-    classes_Bk = out['classes_Bk'][:n]
     for i in range(n):
       orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
       gt_M4 = batch['boxes'][i, :batch['num_boxes'][i]]
@@ -141,7 +137,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
       counts['loc_top1'] += top1
       counts['loc_top5'] += topk
       counts['gt_known'] += gt_known
-      iou_sum += gt_iou
+      counts['gt_known_iou'] += gt_iou
       if len(pictures) < num_pictures and jax.process_index() == 0:
         pictures.append(_picture(batch, i, out, boxes_T4, names, size))
 
@@ -165,7 +161,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
         'loc_top1_error': (n - counts['loc_top1']) / n,
         'loc_top5_error': (n - counts['loc_top5']) / n,
         'gt_known_loc_accuracy': counts['gt_known'] / n,
-        'gt_known_mean_iou': float(sharding.sum_across_processes({'s': iou_sum})['s'] / n),
+        'gt_known_mean_iou': counts['gt_known_iou'] / n,
         'center_baseline_loc_accuracy': center_hits / n,
         'top_k': top_k,
         'cam_threshold': ev.cam_threshold,
@@ -184,8 +180,9 @@ def _picture(batch: dict[str, np.ndarray], i: int, out: dict[str, np.ndarray],
   gt_M4 = to_input(batch['boxes'][i, :batch['num_boxes'][i]])
   pred = int(out['classes_Bk'][i, 0])
   label = int(batch['label'][i])
-  probs = jax.nn.softmax(out['logits_BC'][i])
-  title = f'#{int(batch["index"][i])} {names[label]} -> {names[pred]} {float(probs[pred]):.2f}'
+  logits_C = out['logits_BC'][i].astype(np.float64)
+  prob = 1.0 / np.exp(logits_C - logits_C[pred]).sum()  # softmax of the predicted class
+  title = f'#{int(batch["index"][i])} {names[label]} -> {names[pred]} {prob:.2f}'
   return viz.cam_figure(image, out['cams_BThw'][i, 0], gt_M4, to_input(boxes_T4[:1])[0],
                         factor=max(1, 256 // size), title=title)
 

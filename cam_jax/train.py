@@ -207,10 +207,10 @@ def _format_eta(seconds: float) -> str:
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
                 manager: ocp.CheckpointManager, graphdef: nnx.GraphDef, state: TrainState,
-                train_source, num_classes: int, start_step: int, last_step: int) -> TrainState:
+                train_source, num_classes: int, process_batch: int, start_step: int,
+                last_step: int) -> TrainState:
   """Steps `start_step + 1 .. last_step`: progress lines, metrics.jsonl, periodic
   classification evals and checkpoints. Returns the state after `last_step`."""
-  process_batch = sharding.check_batch_size(config.batch_size, mesh)
   train_step = make_train_step(graphdef, mesh)
   batches = pipeline.train_batches(
       train_source, image_size=config.data.image_size, process_batch_size=process_batch,
@@ -274,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   sharding.maybe_initialize_distributed(config.get('distributed', False))
   mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  process_batch = sharding.check_batch_size(config.batch_size, mesh)
 
   # --- Data -------------------------------------------------------------------
   train_source, info = data_lib.load_source(config.data, config.data.train_split)
@@ -295,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     total = config.total_steps
     last_step = total if stop_after is None else min(total, stop_after)
     state = _train_loop(config, workdir, mesh, manager, graphdef, state, train_source,
-                        num_classes, start_step, last_step)
+                        num_classes, process_batch, start_step, last_step)
 
   if last_step < total:
     logging.info('Stopped after step %d of %d; run again with the same workdir to resume.',

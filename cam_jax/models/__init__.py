@@ -75,8 +75,3 @@ def cam_weights(model: nnx.Module) -> tuple[jax.Array, jax.Array] | None:
   if isinstance(getattr(model, 'head', None), nnx.Linear):
     return head_params(model)
   return None
-
-
-def pooling(model: nnx.Module) -> str:
-  """'avg' for GAP networks, 'max' for GMP networks."""
-  return getattr(model, 'pooling', 'avg')

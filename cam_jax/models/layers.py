@@ -46,7 +46,7 @@ class GAPNetwork(nnx.Module):
   def add_cam_head(self, in_ch: int, num_classes: int, *, cam_channels: int,
                    cam_groups: int, pooling: str, batch_norm: bool, dropout_rate: float,
                    dtype, param_dtype, rngs: nnx.Rngs) -> None:
-    global_pool(jnp.zeros((1, 1, 1, 1)), pooling)  # validates the name at construction
+    check_pooling(pooling)
     self.pooling = pooling
     self.cam_conv = ConvBNReLU(in_ch, cam_channels, 3, padding=1, groups=cam_groups,
                                batch_norm=batch_norm, dtype=dtype, param_dtype=param_dtype,
@@ -64,13 +64,16 @@ class GAPNetwork(nnx.Module):
     return self.head(pooled_BK), {'features': feats_BhwK}
 
 
+def check_pooling(kind: str) -> None:
+  """Raises unless `kind` is 'avg' (GAP) or 'max' (GMP); models call it when built."""
+  if kind not in ('avg', 'max'):
+    raise ValueError(f"pooling must be 'avg' or 'max', got {kind!r}")
+
+
 def global_pool(feats_BhwK: jax.Array, kind: str) -> jax.Array:
   """Global average ('avg', GAP) or max ('max', GMP) pooling over h and w: `B×K`."""
-  if kind == 'avg':
-    return jnp.mean(feats_BhwK, axis=(1, 2))
-  if kind == 'max':
-    return jnp.max(feats_BhwK, axis=(1, 2))
-  raise ValueError(f"pooling must be 'avg' or 'max', got {kind!r}")
+  check_pooling(kind)
+  return (jnp.mean if kind == 'avg' else jnp.max)(feats_BhwK, axis=(1, 2))
 
 
 def max_pool(x: jax.Array, window: int, stride: int, *, padding: int = 0,

@@ -13,39 +13,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-class ConvBlock(nnx.Module):
-  """3×3 convolution, optional BatchNorm, ReLU."""
-
-  def __init__(self, in_ch: int, out_ch: int, *, batch_norm: bool, dtype, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(in_ch, out_ch, (3, 3), padding='SAME', use_bias=not batch_norm,
-                         dtype=dtype, rngs=rngs)
-    self.bn = nnx.BatchNorm(out_ch, momentum=0.9, dtype=dtype, rngs=rngs) if batch_norm else None
-
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    x = self.conv(x)
-    if self.bn is not None:
-      x = self.bn(x, use_running_average=not train)
-    return nnx.relu(x)
+from cam_jax.models import layers
 
 
 class SmallGAP(nnx.Module):
   """Conv stages (`blocks_per_stage` blocks each, max pooling before each stage with
   `stage_strides`; the mapping resolution is the input over their product), an added 3×3
-  conv,
-  then global pooling and a linear head.
+  conv, then global pooling and a linear head.
 
   Model contract (DESIGN.md §3): `model(images_BHWC, train) -> (logits_BC, aux)` with
   `aux['features']` the last conv map `B×h×w×K`; the head is `self.head`.
   """
 
   def __init__(self, num_classes: int, *, widths: Sequence[int] = (32, 64, 128),
-               blocks_per_stage: int | Sequence[int] = 2, stage_strides: Sequence[int] | None = None,
-               cam_channels: int = 256, pooling: str = 'avg',
-               batch_norm: bool = True,
+               blocks_per_stage: int | Sequence[int] = 2,
+               stage_strides: Sequence[int] | None = None, cam_channels: int = 256,
+               pooling: str = 'avg', batch_norm: bool = True,
                in_channels: int = 3, dtype=jnp.float32, rngs: nnx.Rngs):
-    if pooling not in ('avg', 'max'):
-      raise ValueError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+    layers.check_pooling(pooling)
     self.pooling = pooling
     # Max pooling of this stride before each stage; default: 2 before all but the first.
     self.stage_strides = tuple(stage_strides or (1,) + (2,) * (len(widths) - 1))
@@ -62,12 +47,13 @@ class SmallGAP(nnx.Module):
     for width, num_blocks in zip(widths, blocks):
       stage = []
       for _ in range(num_blocks):
-        stage.append(ConvBlock(ch, width, batch_norm=batch_norm, dtype=dtype, rngs=rngs))
+        stage.append(layers.ConvBNReLU(ch, width, 3, batch_norm=batch_norm, dtype=dtype,
+                                       rngs=rngs))
         ch = width
       stages.append(nnx.List(stage))
     self.stages = nnx.List(stages)
     # The layer the paper adds before pooling: it gives the CAM its channels.
-    self.cam_conv = ConvBlock(ch, cam_channels, batch_norm=False, dtype=dtype, rngs=rngs)
+    self.cam_conv = layers.ConvBNReLU(ch, cam_channels, 3, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(cam_channels, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, images_BHWC: jax.Array, train: bool = False):
@@ -78,7 +64,4 @@ class SmallGAP(nnx.Module):
       for block in stage:
         x = block(x, train)
     feats_BhwK = self.cam_conv(x, train)
-    pool = jnp.mean if self.pooling == 'avg' else jnp.max
-    pooled_BK = pool(feats_BhwK, axis=(1, 2))
-    logits_BC = self.head(pooled_BK)
-    return logits_BC, {'features': feats_BhwK}
+    return self.head(layers.global_pool(feats_BhwK, self.pooling)), {'features': feats_BhwK}

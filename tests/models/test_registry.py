@@ -51,7 +51,7 @@ def test_head_params_shapes_and_pooling_kind():
   model = models.get_model('tiny_gmp', num_classes=6, rngs=nnx.Rngs(0))
   kernel, bias = models.head_params(model)
   assert kernel.shape == (32, 6) and bias.shape == (6,)
-  assert models.pooling(model) == 'max'
+  assert model.pooling == 'max'
 
 
 def test_cam_weights_per_kind_of_network():
