@@ -231,34 +231,3 @@ def center_box(image_hw: tuple[int, int], box_hw: tuple[float, float]) -> np.nda
   x0 = (width - box_w) // 2
   box_4 = np.array([x0, y0, x0 + box_w - 1, y0 + box_h - 1])
   return np.clip(box_4, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.int32)
-
-
-def scale_boxes(boxes_N4: np.ndarray, from_hw: tuple[int, int],
-                to_hw: tuple[int, int]) -> np.ndarray:
-  """Maps boxes from an H x W pixel grid to an H' x W' grid (e.g. network input -> image).
-
-  Boxes are `(x0, y0, x1, y1)` with inclusive integer corners. A box covers pixel
-  edges `[x0, x1 + 1)`; the new box is every target pixel that edge span touches:
-  `x0' = floor(x0 * W' / W)`, `x1' = ceil((x1 + 1) * W' / W) - 1`, likewise for y,
-  then clipped to the target image. Exact integer arithmetic, so equal grids give
-  the identity.
-
-  Returns:
-    int32 array (N, 4).
-  """
-  boxes_N4 = check_boxes(boxes_N4, 'boxes_N4')
-  if not np.issubdtype(boxes_N4.dtype, np.integer):
-    if not np.array_equal(boxes_N4, np.round(boxes_N4)):
-      raise ValueError('boxes_N4 must hold integer pixel corners')
-  boxes_N4 = boxes_N4.astype(np.int64)
-  from_h, from_w = (int(s) for s in from_hw)
-  to_h, to_w = (int(s) for s in to_hw)
-  if min(from_h, from_w, to_h, to_w) < 1:
-    raise ValueError(f'grid sizes must be positive, got from_hw={from_hw}, to_hw={to_hw}')
-  num_4 = np.array([to_w, to_h, to_w, to_h], np.int64)
-  den_4 = np.array([from_w, from_h, from_w, from_h], np.int64)
-  start_N2 = (boxes_N4[:, :2] * num_4[:2]) // den_4[:2]
-  # ceil(a / b) = -((-a) // b) for integers, b > 0.
-  stop_N2 = -((-(boxes_N4[:, 2:] + 1) * num_4[2:]) // den_4[2:])
-  scaled_N4 = np.concatenate([start_N2, stop_N2 - 1], axis=1)
-  return np.clip(scaled_N4, 0, [to_w - 1, to_h - 1, to_w - 1, to_h - 1]).astype(np.int32)

@@ -64,18 +64,24 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, top_k: i
 
 def score_localization(classes_k: np.ndarray, label: int, cams_Thw: np.ndarray,
                        gt_M4: np.ndarray, orig_hw: tuple[int, int], *, cam_threshold: float,
-                       iou_threshold: float) -> tuple[bool, bool, bool, float, np.ndarray]:
+                       iou_threshold: float,
+                       window_4: np.ndarray | None = None
+                       ) -> tuple[bool, bool, bool, float, np.ndarray]:
   """The paper's protocol for one image.
 
   `cams_Thw` holds the CAMs of the top k classes `classes_k` (best first) and, last, of
-  the label, in the network's input grid. Each is turned into a paper box, mapped to the
-  original `orig_hw` grid, and compared with the ground-truth boxes `gt_M4` there (boxes
+  the label, on the network's square input grid, which shows `window_4` of the original
+  image (default: all of it). Each is turned into a paper box, mapped to the original
+  `orig_hw` grid, and compared with the ground-truth boxes `gt_M4` there (boxes
   `(x0, y0, x1, y1)`, inclusive corners).
 
   Returns `(top1_correct, topk_correct, gt_known_correct, gt_known_iou, boxes_T4)`.
   """
-  boxes_T4 = boxes_lib.scale_boxes(boxes_lib.paper_boxes(cams_Thw, cam_threshold),
-                                   cams_Thw.shape[1:], orig_hw)
+  size = cams_Thw.shape[-1]
+  if window_4 is None:
+    window_4 = pipeline.whole_window(orig_hw)
+  boxes_T4 = pipeline.boxes_to_original(boxes_lib.paper_boxes(cams_Thw, cam_threshold),
+                                        window_4, size, orig_hw)
   ious_T = boxes_lib.iou(boxes_T4, gt_M4).max(1) if len(gt_M4) else np.zeros(len(boxes_T4))
   good_k = (np.asarray(classes_k) == label) & (ious_T[:-1] >= iou_threshold)
   return (bool(good_k[0]), bool(good_k.any()), bool(ious_T[-1] >= iou_threshold),
@@ -93,8 +99,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
   """
   ev = config.eval
   source, info = data_lib.load_source(config.data, config.data.eval_split)
-  names = data_lib.class_names(info)
-  num_classes = len(names)
+  names = list(info.class_names)
+  num_classes = info.num_classes
   top_k = min(ev.top_k, num_classes)
   size = config.data.image_size
   if localization and models.cam_weights(model) is None:
@@ -113,7 +119,10 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
   for batch, n in pipeline.eval_batches(source, image_size=size, process_batch_size=process_batch,
                                         max_boxes=config.data.max_boxes,
                                         num_examples=num_examples,
-                                        num_threads=config.data.get('num_threads', 4)):
+                                        crop=config.data.eval_crop,
+                                        resize_shorter=config.data.eval_resize_shorter,
+                                        num_threads=config.data.num_threads,
+                                        num_workers=config.data.num_workers):
     arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
     out = sharding.to_host(predict(state, arrays['image'], arrays['label']), mesh)
     labels_B = batch['label'][:n]
@@ -133,7 +142,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
       counts['num_gt'] += len(gt_M4)
       top1, topk, gt_known, gt_iou, boxes_T4 = score_localization(
           classes_Bk[i], labels_B[i], out['cams_BThw'][i], gt_M4, orig_hw,
-          cam_threshold=ev.cam_threshold, iou_threshold=ev.iou_threshold)
+          cam_threshold=ev.cam_threshold, iou_threshold=ev.iou_threshold,
+          window_4=batch['window'][i])
       counts['loc_top1'] += top1
       counts['loc_top5'] += topk
       counts['gt_known'] += gt_known
@@ -174,9 +184,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
 def _picture(batch: dict[str, np.ndarray], i: int, out: dict[str, np.ndarray],
              boxes_T4: np.ndarray, names: list[str], size: int) -> np.ndarray:
   """Image | CAM of the predicted class; GT boxes green, predicted box red (input grid)."""
-  orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
   image = pipeline.denormalize(batch['image'][i])
-  to_input = lambda b: boxes_lib.scale_boxes(b, orig_hw, (size, size))
+  to_input = lambda b: pipeline.boxes_to_input(b, batch['window'][i], size)
   gt_M4 = to_input(batch['boxes'][i, :batch['num_boxes'][i]])
   pred = int(out['classes_Bk'][i, 0])
   label = int(batch['label'][i])

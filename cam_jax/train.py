@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any, Callable
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -124,20 +125,29 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState,
-                    meta: dict[str, Any]) -> None:
+                    meta: dict[str, Any], data_iterator: grain.DatasetIterator | None = None
+                    ) -> None:
   """Saves asynchronously; orbax writes to a temporary folder and renames it when done, so
-  a crash never leaves a checkpoint that `latest_step` would trust."""
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)))
+  a crash never leaves a checkpoint that `latest_step` would trust.
+
+  With `data_iterator`, its state (one small JSON file per process) is saved too, so that
+  a resumed run reads the batches an uninterrupted one would have read.
+  """
+  items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
+  if data_iterator is not None:
+    items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+  manager.save(step, args=ocp.args.Composite(**items))
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainState,
-                       expected_meta: dict[str, Any],
-                       step: int | None = None) -> tuple[int, TrainState] | None:
+                       expected_meta: dict[str, Any], step: int | None = None,
+                       data_iterator: grain.DatasetIterator | None = None
+                       ) -> tuple[int, TrainState] | None:
   """`(step, state)` of the latest (or given) checkpoint, or None if there is none.
 
-  Raises ValueError if the checkpoint belongs to another model or dataset, before
-  anything is overwritten.
+  With `data_iterator`, the input pipeline's saved state is restored into it. Raises
+  ValueError if the checkpoint belongs to another model or dataset, before anything is
+  overwritten.
   """
   step = manager.latest_step() if step is None else step
   if step is None:
@@ -152,9 +162,14 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
                        for k, (a, b) in diffs.items())
     raise ValueError(f'The checkpoint in {where} is of an incompatible model ({detail}). '
                      'Use another --workdir, or the config that wrote it.')
+  items = {'state': ocp.args.StandardRestore(abstract_state)}
+  if data_iterator is not None:
+    if not os.path.isdir(os.path.join(where, 'data')):
+      raise ValueError(f'The checkpoint in {where} has no input pipeline state, so the data '
+                       'order cannot be resumed. Use another --workdir.')
+    items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   try:
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f'The checkpoint in {where} does not fit the model of this config '
                      f'({type(e).__name__}: {e}). Use another --workdir.') from e
@@ -207,15 +222,12 @@ def _format_eta(seconds: float) -> str:
 
 def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
                 manager: ocp.CheckpointManager, graphdef: nnx.GraphDef, state: TrainState,
-                train_source, num_classes: int, process_batch: int, start_step: int,
+                batches: grain.DatasetIterator, num_classes: int, start_step: int,
                 last_step: int) -> TrainState:
-  """Steps `start_step + 1 .. last_step`: progress lines, metrics.jsonl, periodic
-  classification evals and checkpoints. Returns the state after `last_step`."""
+  """Steps `start_step + 1 .. last_step` on `batches` (positioned after `start_step`):
+  progress lines, metrics.jsonl, periodic classification evals and checkpoints. Returns
+  the state after `last_step`."""
   train_step = make_train_step(graphdef, mesh)
-  batches = pipeline.train_batches(
-      train_source, image_size=config.data.image_size, process_batch_size=process_batch,
-      seed=config.seed, start_step=start_step, flip=config.data.get('flip', True),
-      num_threads=config.data.get('num_threads', 4))
   lr_fn = create_learning_rate_fn(config)
 
   total = config.total_steps
@@ -258,7 +270,7 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
       append_metrics(workdir, {'step': step, 'split': config.data.eval_split, **results})
 
     if checkpoint_now:
-      save_checkpoint(manager, step, state, checkpoint_meta(config, num_classes, step))
+      save_checkpoint(manager, step, state, checkpoint_meta(config, num_classes, step), batches)
   manager.wait_until_finished()
   return state
 
@@ -278,13 +290,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Data -------------------------------------------------------------------
   train_source, info = data_lib.load_source(config.data, config.data.train_split)
-  num_classes = info.features['label'].num_classes
+  num_classes = info.num_classes
+  batches = pipeline.train_batches(
+      train_source, image_size=config.data.image_size, process_batch_size=process_batch,
+      seed=config.seed, crop=config.data.train_crop, flip=config.data.flip,
+      num_threads=config.data.num_threads, num_workers=config.data.num_workers)
 
   # --- State, resumed if the workdir has a checkpoint -------------------------
   graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
   with checkpoint_manager(workdir, config) as manager:
     restored = restore_checkpoint(manager, abstract_state,
-                                  checkpoint_meta(config, num_classes, 0))
+                                  checkpoint_meta(config, num_classes, 0),
+                                  data_iterator=batches)
     if restored is None:
       start_step = 0
       state = sharding.replicate(create_train_state(config, num_classes)[1], mesh)
@@ -294,8 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       truncate_metrics(workdir, start_step)
     total = config.total_steps
     last_step = total if stop_after is None else min(total, stop_after)
-    state = _train_loop(config, workdir, mesh, manager, graphdef, state, train_source,
-                        num_classes, process_batch, start_step, last_step)
+    state = _train_loop(config, workdir, mesh, manager, graphdef, state, batches,
+                        num_classes, start_step, last_step)
 
   if last_step < total:
     logging.info('Stopped after step %d of %d; run again with the same workdir to resume.',
@@ -325,5 +342,5 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   sharding.maybe_initialize_distributed(config.get('distributed', False))
   mesh = sharding.make_mesh()
   _, info = data_lib.load_source(config.data, config.data.eval_split)
-  model, step = restore_model(config, workdir, mesh, info.features['label'].num_classes)
+  model, step = restore_model(config, workdir, mesh, info.num_classes)
   return evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=step)

@@ -13,12 +13,30 @@ def get_common() -> ml_collections.ConfigDict:
   config.data.builder_config = ml_collections.FieldReference(None, field_type=str)
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS default
   config.data.prepare = False  # Prepare an embedded dataset on first use.
+  # Folder with the archives of a manual dataset (default: DATA_DIR/downloads/manual).
+  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  # The WSOL folder layout (data.name='wsol'), read in place: README, "WSOL folders".
+  config.data.wsol = ml_collections.ConfigDict()
+  config.data.wsol.dataset = 'CUB'  # Folder name under metadata_root: CUB, ILSVRC, OpenImages.
+  config.data.wsol.metadata_root = ml_collections.FieldReference(None, field_type=str)
+  config.data.wsol.image_root = ml_collections.FieldReference(None, field_type=str)
+  config.data.wsol.mask_root = ml_collections.FieldReference(None, field_type=str)
+  config.data.wsol.class_names_file = ml_collections.FieldReference(None, field_type=str)
   config.data.train_split = 'train'
   config.data.eval_split = 'test'
   config.data.image_size = 224  # The network's input side.
   config.data.flip = True  # Random horizontal flips in training.
+  # Training crop: 'random_resized' (the flax ImageNet example's Inception crop) or 'resize'
+  # (the whole image to S×S).
+  config.data.train_crop = 'random_resized'
+  # Evaluation input: 'resize' (the whole image to S×S, as the paper) or 'resize_crop' (the
+  # shorter side to eval_resize_shorter, default S / 0.875, then the central S×S crop).
+  # Boxes are mapped back to the original image either way.
+  config.data.eval_crop = 'resize'
+  config.data.eval_resize_shorter = ml_collections.FieldReference(None, field_type=int)
   config.data.max_boxes = 32  # Ground-truth boxes per image, padded to this many.
   config.data.num_threads = 4  # grain reader threads per process.
+  config.data.num_workers = 0  # grain worker processes per host that decode (0: in-process).
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'small_gap'  # A name of cam_jax.models.MODELS.
@@ -55,7 +73,8 @@ def get_common() -> ml_collections.ConfigDict:
 def set_ilsvrc_finetuning(config: ml_collections.ConfigDict, image_size: int = 224) -> None:
   """The paper's fine-tuning recipe on ILSVRC-2012 (DESIGN.md §4): SGD momentum 0.9, base
   lr 1e-3, ×0.1 every 40k iterations, 160k iterations, weight decay 5e-4, batch 64."""
-  config.data.name = 'ilsvrc2012_loc'  # Added by the data issue; unknown until then.
+  config.data.name = 'ilsvrc2012_loc'  # Prepared from the manual files: README.
+  config.data.eval_split = 'validation'
   config.data.image_size = image_size
   config.batch_size = 64
   config.total_steps = 160_000
@@ -74,6 +93,7 @@ def set_ilsvrc_finetuning(config: ml_collections.ConfigDict, image_size: int = 2
 def set_runlocal(config: ml_collections.ConfigDict, image_size: int = 64) -> None:
   """A few steps of the real architecture on the synthetic dataset, on a CPU."""
   config.data.name = 'cam_synth'
+  config.data.eval_split = 'test'
   config.data.prepare = True
   config.data.image_size = image_size
   config.data.max_boxes = 4

@@ -21,6 +21,8 @@ def get_config(arg: str | None = None):
   config.data.prepare = True  # Embedded: drawn, not downloaded.
   config.data.image_size = 64
   config.data.max_boxes = 4
+  # Objects are 20-50 % of the side: a random crop would often cut the labelled one away.
+  config.data.train_crop = 'resize'
 
   config.model.name = 'small_gap'
   config.model.kwargs = {'widths': (16, 32, 64), 'stage_strides': (1, 2, 1), 'cam_channels': 64}

@@ -37,8 +37,7 @@ def main(argv):
   config = flags.FLAGS.config
   mesh = sharding.make_mesh()
   source, info = data_lib.load_source(config.data, _SPLIT.value)
-  model, _ = train.restore_model(config, _WORKDIR.value, mesh,
-                                 info.features['label'].num_classes)
+  model, _ = train.restore_model(config, _WORKDIR.value, mesh, info.num_classes)
   graphdef, state = nnx.split(model)
   size = config.data.image_size
   predict = evaluate.make_predict_fn(graphdef, mesh, top_k=1, cam_hw=(size, size))
@@ -47,7 +46,8 @@ def main(argv):
   n_total = 0
   for batch, n in pipeline.eval_batches(
       source, image_size=size, max_boxes=config.data.max_boxes, num_examples=_NUM.value,
-      process_batch_size=sharding.check_batch_size(config.eval.batch_size, mesh)):
+      process_batch_size=sharding.check_batch_size(config.eval.batch_size, mesh),
+      crop=config.data.eval_crop, resize_shorter=config.data.eval_resize_shorter):
     arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
     cams_BThw = sharding.to_host(predict(state, arrays['image'], arrays['label']),
                                  mesh)['cams_BThw']
@@ -55,8 +55,8 @@ def main(argv):
       gt_M4 = batch['boxes'][i, :batch['num_boxes'][i]]
       orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
       for j, t in enumerate(thresholds):
-        box = boxes_lib.scale_boxes(boxes_lib.paper_box(cams_BThw[i, -1], t)[None],
-                                    (size, size), orig_hw)[0]
+        box = pipeline.boxes_to_original(boxes_lib.paper_box(cams_BThw[i, -1], t)[None],
+                                         batch['window'][i], size, orig_hw)[0]
         hits[j] += boxes_lib.max_iou(box, gt_M4) >= config.eval.iou_threshold
     n_total += n
   for t, h in zip(thresholds, hits):

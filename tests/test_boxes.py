@@ -324,38 +324,3 @@ def test_center_box_rounds_half_up_and_clips():
   # A 12 x 20 box in a 10 x 8 image: (10 - 12) // 2 = -1 -> rows -1..10 -> 0..9;
   # (8 - 20) // 2 = -6 -> columns -6..13 -> 0..7.
   np.testing.assert_array_equal(boxes.center_box((10, 8), (12, 20)), [0, 0, 7, 9])
-
-
-# --- scale_boxes -----------------------------------------------------------------------
-
-
-def test_scale_boxes_identity():
-  boxes_N4 = np.array([[0, 0, 223, 223], [3, 17, 40, 18]])
-  np.testing.assert_array_equal(boxes.scale_boxes(boxes_N4, (224, 224), (224, 224)), boxes_N4)
-
-
-def test_scale_boxes_twice_as_large():
-  # Pixel p covers [2p, 2p + 2): x 1..2 -> 2..5, y 0..0 -> 0..1.
-  np.testing.assert_array_equal(boxes.scale_boxes([[1, 0, 2, 0]], (4, 4), (8, 8)),
-                                [[2, 0, 5, 1]])
-
-
-def test_scale_boxes_non_square_and_shrinking():
-  # From 224 x 224 to H' = 300, W' = 112.
-  # x: W'/W = 0.5; x0 = 3 -> floor(1.5) = 1; x1 = 4 -> ceil(5 * 0.5) - 1 = 2.
-  # y: H'/H = 300/224; y0 = 10 -> floor(3000/224 = 13.39) = 13;
-  #    y1 = 20 -> ceil(21 * 300/224 = 28.125) - 1 = 28.
-  np.testing.assert_array_equal(boxes.scale_boxes([[3, 10, 4, 20]], (224, 224), (300, 112)),
-                                [[1, 13, 2, 28]])
-
-
-def test_scale_boxes_clips_to_target():
-  # Box (0, 0, 9, 9) on a 10 x 10 grid to 5 x 5: (0, 0, 4, 4); a box hanging off the
-  # source grid (x1 = 12) is clipped to the target's last column.
-  np.testing.assert_array_equal(boxes.scale_boxes([[0, 0, 9, 9], [6, 0, 12, 1]], (10, 10), (5, 5)),
-                                [[0, 0, 4, 4], [3, 0, 4, 0]])
-
-
-def test_scale_boxes_rejects_fractional_corners():
-  with pytest.raises(ValueError, match='integer'):
-    boxes.scale_boxes([[0.5, 0, 1, 1]], (4, 4), (8, 8))

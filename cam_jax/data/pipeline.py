@@ -1,15 +1,22 @@
-"""grain input pipelines: decoded TFDS examples in, fixed-shape numpy batches out.
+"""grain input pipelines: encoded examples in, fixed-shape numpy batches out.
 
 Train batch: `image` (B×S×S×3 float32, normalised), `label` (B,).
 Eval batch: those plus `boxes` (B×M×4 int32, ground truth in the *original* image's
-pixel grid, rows of -1 past `num_boxes`), `num_boxes`, `orig_hw` (B×2) and `index`
-(position in the split), so that predictions are scored on the original image
-(DESIGN.md §5) whatever the network saw.
+pixel grid, rows of -1 past `num_boxes`), `num_boxes`, `orig_hw` (B×2), `window` (B×4
+float32) and `index` (position in the split).
+
+Every transform here is "crop a window of the original image, resize it to S×S": the
+window `(x0, y0, x1, y1)` is in the original's continuous pixel coordinates (pixel i
+covers [i, i + 1)). Whole-image resize, shorter-side resize + centre crop and the random
+resized crop of training are windows, so one pair of functions, `boxes_to_input` and
+`boxes_to_original`, maps boxes either way for all of them, and predictions are scored
+on the original image whatever the network saw (DESIGN.md §5).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterator
 
 import grain
@@ -17,27 +24,50 @@ import jax
 import numpy as np
 from PIL import Image
 
+from cam_jax.data import images
+
 # ImageNet statistics, so that pretrained backbones see what they were trained on.
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
-
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-  """H×W×3 uint8 from a decoded image (grayscale is repeated)."""
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.shape[-1] == 1:
-    image = np.repeat(image, 3, axis=-1)
-  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f'expected an H×W×3 uint8 image, got {image.dtype} {image.shape}')
-  return image
+TRAIN_CROPS = ('random_resized', 'resize')
+EVAL_CROPS = ('resize', 'resize_crop')
 
 
-def resize(image_HW3: np.ndarray, size: int) -> np.ndarray:
-  """The whole image to size×size (bilinear); unchanged when it already is."""
-  if image_HW3.shape[:2] == (size, size):
+# ---------------------------------------------------------------------------
+# Pixels
+# ---------------------------------------------------------------------------
+
+def example_name(ex: dict[str, Any], index: int) -> str:
+  """How errors name an example: its file, else its position."""
+  name = ex.get('file_name')
+  if isinstance(name, bytes):
+    name = name.decode('utf-8', 'replace')
+  return name or f'example {index}'
+
+
+def decode(ex: dict[str, Any], index: int) -> np.ndarray:
+  """H×W×3 uint8 pixels of an example's image (encoded bytes, or already pixels)."""
+  image = ex['image']
+  if isinstance(image, (bytes, np.bytes_)):
+    return images.decode_image(bytes(image), example_name(ex, index))
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  return images.to_rgb(Image.fromarray(image), example_name(ex, index))
+
+
+def crop_resize(image_HW3: np.ndarray, window_4: np.ndarray, size: int) -> np.ndarray:
+  """The window `(x0, y0, x1, y1)` (continuous coordinates) resized to size×size.
+
+  PIL's bilinear filter widens with the scale factor when shrinking (antialiased), as
+  the flax ImageNet example's `tf.image.resize` with antialias does.
+  """
+  height, width = image_HW3.shape[:2]
+  box = tuple(float(v) for v in window_4)
+  if (height, width) == (size, size) and box == (0.0, 0.0, float(width), float(height)):
     return image_HW3
-  return np.asarray(Image.fromarray(image_HW3).resize((size, size), Image.BILINEAR))
+  return np.asarray(Image.fromarray(image_HW3).resize((size, size), Image.BILINEAR, box=box))
 
 
 def normalize(image_HW3: np.ndarray) -> np.ndarray:
@@ -49,14 +79,119 @@ def denormalize(image_HW3: np.ndarray) -> np.ndarray:
   return np.clip(np.asarray(image_HW3) * STDDEV_RGB + MEAN_RGB, 0, 255).round().astype(np.uint8)
 
 
+# ---------------------------------------------------------------------------
+# Windows, and boxes through them
+# ---------------------------------------------------------------------------
+
+def whole_window(hw: tuple[int, int]) -> np.ndarray:
+  """The whole image: plain resize to S×S (the paper's test-time input)."""
+  return np.array([0, 0, hw[1], hw[0]], np.float64)
+
+
+def center_crop_window(hw: tuple[int, int], size: int, resize_shorter: int) -> np.ndarray:
+  """Shorter side resized to `resize_shorter`, then the central size×size crop."""
+  if size > resize_shorter:
+    raise ValueError(f'a {size}×{size} centre crop needs the shorter side resized to at '
+                     f'least {size}, got {resize_shorter}')
+  height, width = hw
+  side = size * min(height, width) / resize_shorter  # the crop's side in original pixels
+  cx, cy = width / 2, height / 2
+  return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def random_resized_crop_window(hw: tuple[int, int], rng: np.random.Generator, size: int, *,
+                               area_range: tuple[float, float] = (0.08, 1.0),
+                               aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+                               attempts: int = 10) -> np.ndarray:
+  """The Inception crop of the flax ImageNet example: an area fraction and a log-uniform
+  aspect ratio, 10 attempts to fit them, else a centre crop of the shorter side × S/(S+32).
+  Integer pixel windows, as `tf.image.sample_distorted_bounding_box` gives."""
+  height, width = hw
+  area = height * width
+  log_ratio = np.log(aspect_range)
+  for _ in range(attempts):
+    target = area * rng.uniform(*area_range)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target * ratio)))
+    h = int(round(math.sqrt(target / ratio)))
+    if 0 < w <= width and 0 < h <= height:
+      x0 = int(rng.integers(0, width - w + 1))
+      y0 = int(rng.integers(0, height - h + 1))
+      return np.array([x0, y0, x0 + w, y0 + h], np.float64)
+  side = int(size / (size + 32) * min(height, width))
+  x0, y0 = (width - side + 1) // 2, (height - side + 1) // 2
+  return np.array([x0, y0, x0 + side, y0 + side], np.float64)
+
+
+def boxes_to_input(boxes_N4: np.ndarray, window_4: np.ndarray, size: int) -> np.ndarray:
+  """Inclusive boxes in the original image -> inclusive boxes on the size×size input.
+
+  A box covers the pixel edges [x0, x1 + 1); those edges are mapped through the window
+  and rounded to the nearest input pixel edge, then clipped to the input. Boxes wholly
+  outside the window come out as degenerate boxes on the input's border.
+  """
+  return _through_window(boxes_N4, window_4, size, to_input=True, out_hw=(size, size))
+
+
+def boxes_to_original(boxes_N4: np.ndarray, window_4: np.ndarray, size: int,
+                      orig_hw: tuple[int, int]) -> np.ndarray:
+  """Inclusive boxes on the size×size input -> inclusive boxes in the original image.
+
+  The inverse of `boxes_to_input` up to rounding: a round trip moves an edge by at most
+  half an input pixel's extent in the original (plus the half pixel of the final
+  rounding); with a window that maps input pixels onto whole original pixels, it is exact.
+  """
+  return _through_window(boxes_N4, window_4, size, to_input=False, out_hw=orig_hw)
+
+
+def _through_window(boxes_N4, window_4, size, *, to_input: bool, out_hw) -> np.ndarray:
+  boxes_N4 = np.asarray(boxes_N4, np.float64).reshape(-1, 4)
+  wx0, wy0, wx1, wy1 = (float(v) for v in window_4)
+  sx, sy = (wx1 - wx0) / size, (wy1 - wy0) / size  # original pixels per input pixel
+  xs = boxes_N4[:, 0::2] + [0, 1]  # edges [x0, x1 + 1)
+  ys = boxes_N4[:, 1::2] + [0, 1]
+  if to_input:
+    xs, ys = (xs - wx0) / sx, (ys - wy0) / sy
+  else:
+    xs, ys = wx0 + xs * sx, wy0 + ys * sy
+  # Round half up, so that a mapping is the same on every platform.
+  xs, ys = np.floor(xs + 0.5), np.floor(ys + 0.5)
+  height, width = out_hw
+  out_N4 = np.stack([xs[:, 0], ys[:, 0], xs[:, 1] - 1, ys[:, 1] - 1], axis=1)
+  out_N4[:, 2] = np.maximum(out_N4[:, 2], out_N4[:, 0])  # a box keeps at least one pixel
+  out_N4[:, 3] = np.maximum(out_N4[:, 3], out_N4[:, 1])
+  out_N4 = np.clip(out_N4, 0, [width - 1, height - 1, width - 1, height - 1])
+  return out_N4.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# Transforms
+# ---------------------------------------------------------------------------
+
 @dataclasses.dataclass(frozen=True)
 class TrainPreprocess(grain.transforms.RandomMap):
-  """Resize to S×S, random horizontal flip, normalise."""
+  """Decode, crop (random resized, or the whole image), resize to S×S, flip, normalise."""
   image_size: int
+  crop: str = 'random_resized'
   flip: bool = True
+  area_range: tuple[float, float] = (0.08, 1.0)
+  aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
 
-  def random_map(self, ex: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    image = resize(to_rgb_uint8(ex['image']), self.image_size)
+  def __post_init__(self):
+    if self.crop not in TRAIN_CROPS:
+      raise ValueError(f'config.data.train_crop={self.crop!r}; expected one of {TRAIN_CROPS}')
+
+  def random_map(self, item: tuple[int, dict[str, Any]],
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    index, ex = item
+    image = decode(ex, index)
+    if self.crop == 'random_resized':
+      window = random_resized_crop_window(image.shape[:2], rng, self.image_size,
+                                          area_range=self.area_range,
+                                          aspect_range=self.aspect_range)
+    else:
+      window = whole_window(image.shape[:2])
+    image = crop_resize(image, window, self.image_size)
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return {'image': normalize(image), 'label': np.int32(ex['label'])}
@@ -64,59 +199,85 @@ class TrainPreprocess(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocess(grain.transforms.Map):
-  """The whole image resized to S×S; ground truth kept in the original pixel grid."""
+  """The whole image resized to S×S (default), or the shorter side resized to R and the
+  central S×S crop; ground truth kept in the original pixel grid, with the window."""
   image_size: int
   max_boxes: int
+  crop: str = 'resize'
+  resize_shorter: int | None = None  # R; None: S / 0.875, the usual 256 for 224
+
+  def __post_init__(self):
+    if self.crop not in EVAL_CROPS:
+      raise ValueError(f'config.data.eval_crop={self.crop!r}; expected one of {EVAL_CROPS}')
+
+  def window(self, hw: tuple[int, int]) -> np.ndarray:
+    if self.crop == 'resize':
+      return whole_window(hw)
+    shorter = self.resize_shorter or int(round(self.image_size / 0.875))
+    return center_crop_window(hw, self.image_size, shorter)
 
   def map(self, item: tuple[int, dict[str, Any]]) -> dict[str, np.ndarray]:
     index, ex = item
-    image = to_rgb_uint8(ex['image'])
+    image = decode(ex, index)
     boxes = np.asarray(ex['boxes'], np.int32).reshape(-1, 4)
     if len(boxes) > self.max_boxes:
-      raise ValueError(f'example {index} has {len(boxes)} boxes; raise config.data.max_boxes '
-                       f'(now {self.max_boxes})')
+      raise ValueError(f'{example_name(ex, index)} has {len(boxes)} boxes; raise '
+                       f'config.data.max_boxes (now {self.max_boxes})')
     padded = np.full((self.max_boxes, 4), -1, np.int32)
     padded[:len(boxes)] = boxes
+    window = self.window(image.shape[:2])
     return {
-        'image': normalize(resize(image, self.image_size)),
+        'image': normalize(crop_resize(image, window, self.image_size)),
         'label': np.int32(ex['label']),
         'boxes': padded,
         'num_boxes': np.int32(len(boxes)),
         'orig_hw': np.asarray(image.shape[:2], np.int32),
+        'window': window.astype(np.float32),
         'index': np.int32(index),
     }
 
+
+# ---------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------
 
 def _process_shard(ds: grain.MapDataset) -> grain.MapDataset:
   """This process's share of a split (every process reads a disjoint stride)."""
   return ds.slice(slice(jax.process_index(), None, jax.process_count()))
 
 
-def _read_options(num_threads: int) -> grain.ReadOptions:
+def _to_iter(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.DatasetIterator:
   # Each prefetched element is a whole batch; a buffer below the thread count idles threads.
-  return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(num_threads, 2))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=max(num_threads, 2)))
+  if num_workers > 0:
+    # Worker processes decode in parallel (the GIL holds threads back); the batch order is
+    # the same as with none, and the iterator's state still checkpoints.
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it)
 
 
 def train_batches(source, *, image_size: int, process_batch_size: int, seed: int,
-                  start_step: int = 0, flip: bool = True,
-                  num_threads: int = 4) -> Iterator[dict[str, np.ndarray]]:
+                  crop: str = 'random_resized', flip: bool = True, num_threads: int = 4,
+                  num_workers: int = 0) -> grain.DatasetIterator:
   """Endless shuffled batches; batch k is a pure function of (seed, k).
 
-  Resuming at `start_step` yields exactly the batches an uninterrupted run would see,
-  which is what makes a resumed run end with the same parameters.
+  The iterator's `get_state()` / `set_state()` (saved in every checkpoint) resume it
+  exactly where it was, which is what makes a resumed run end with the same parameters.
   """
   ds = (_process_shard(grain.MapDataset.source(source))
+        .map_with_index(lambda i, ex: (i, ex))
         .shuffle(seed=seed)
         .repeat(None)  # Reseeded each epoch: every epoch has its own order.
-        .random_map(TrainPreprocess(image_size, flip), seed=seed + 1)
+        .random_map(TrainPreprocess(image_size, crop, flip), seed=seed + 1)
         .batch(process_batch_size, drop_remainder=True))
-  ds = ds.slice(slice(start_step, None))
-  return iter(ds.to_iter_dataset(_read_options(num_threads)))
+  return _to_iter(ds, num_threads, num_workers)
 
 
 def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes: int,
-                 num_examples: int | None = None,
-                 num_threads: int = 4) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+                 num_examples: int | None = None, crop: str = 'resize',
+                 resize_shorter: int | None = None, num_threads: int = 4,
+                 num_workers: int = 0) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """`(batch, num_valid)` over (the first `num_examples` of) a split, in order.
 
   Short batches are padded to full size by repeating their first example, so that every
@@ -124,14 +285,14 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
   process yields the same number of batches (the jitted step is collective), padding with
   all-invalid batches where its share is shorter.
   """
+  preprocess = EvalPreprocess(image_size, max_boxes, crop, resize_shorter)
   ds = grain.MapDataset.source(source)
   if num_examples is not None:
     ds = ds.slice(slice(0, min(num_examples, len(ds))))
   longest_share = -(-len(ds) // jax.process_count())
   num_batches = -(-longest_share // process_batch_size)
   ds = _process_shard(ds.map_with_index(lambda i, ex: (i, ex)))
-  ds = ds.map(EvalPreprocess(image_size, max_boxes)).batch(process_batch_size)
-  batches = iter(ds.to_iter_dataset(_read_options(num_threads)))
+  batches = _to_iter(ds.map(preprocess).batch(process_batch_size), num_threads, num_workers)
   # A process whose share is empty (fewer images than processes) still needs a batch.
   template = {
       'image': np.zeros((process_batch_size, image_size, image_size, 3), np.float32),
@@ -139,6 +300,7 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
       'boxes': np.full((process_batch_size, max_boxes, 4), -1, np.int32),
       'num_boxes': np.zeros((process_batch_size,), np.int32),
       'orig_hw': np.full((process_batch_size, 2), image_size, np.int32),
+      'window': np.tile(np.float32([0, 0, image_size, image_size]), (process_batch_size, 1)),
       'index': np.zeros((process_batch_size,), np.int32),
   }
   for _ in range(num_batches):

@@ -1,29 +1,43 @@
-"""grain pipelines: determinism by step (what resume relies on), padding, normalisation."""
+"""grain pipelines: resumable order, padding, windows and the boxes mapped through them."""
+
+import io
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from cam_jax import data
-from cam_jax.data import pipeline
+from cam_jax.data import images, pipeline
+from configs import common
 
 
 def _source(data_dir, split):
-  return data.get_builder('cam_synth', 'tiny', data_dir).as_data_source(split)
+  config = common.get_common().data
+  config.builder_config = 'tiny'
+  config.data_dir = data_dir
+  return data.load_source(config, split)[0]
 
 
-def test_train_batches_resume_yields_the_same_batches(tiny_data_dir):
+def test_train_iterator_state_resumes_the_same_batches(tiny_data_dir):
   source = _source(tiny_data_dir, 'train')
-  kwargs = dict(image_size=32, process_batch_size=8, seed=3)
+  kwargs = dict(image_size=32, process_batch_size=8, seed=3, crop='random_resized')
   straight = pipeline.train_batches(source, **kwargs)
-  first = [next(straight) for _ in range(40)]  # 40 * 8 = 320 > 256: crosses an epoch
-  resumed = pipeline.train_batches(source, start_step=35, **kwargs)
-  for k in range(35, 40):
-    batch = next(resumed)
-    np.testing.assert_array_equal(batch['image'], first[k]['image'])
-    np.testing.assert_array_equal(batch['label'], first[k]['label'])
+  first = [next(straight) for _ in range(35)]
+  state = straight.get_state()
+  rest = [next(straight) for _ in range(5)]  # 40 * 8 = 320 > 256: crosses an epoch
+  resumed = pipeline.train_batches(source, **kwargs)
+  resumed.set_state(state)
+  for want in rest:
+    got = next(resumed)
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['label'], want['label'])
+  # Batch k is a pure function of (seed, k): a fresh iterator repeats the first ones.
+  again = pipeline.train_batches(source, **kwargs)
+  np.testing.assert_array_equal(next(again)['image'], first[0]['image'])
   assert first[0]['image'].shape == (8, 32, 32, 3) and first[0]['image'].dtype == np.float32
   # Each epoch has its own order.
   epoch0 = np.concatenate([b['label'] for b in first[:32]])
-  epoch1 = np.concatenate([b['label'] for b in first[32:40]])
+  epoch1 = np.concatenate([b['label'] for b in first[32:] + rest])
   assert not np.array_equal(epoch0[:64], epoch1)
 
 
@@ -43,7 +57,9 @@ def test_eval_batches_pad_and_keep_ground_truth(tiny_data_dir):
     np.testing.assert_array_equal(batch['boxes'][row, :k], ex['boxes'])
     assert (batch['boxes'][row, k:] == -1).all()
     np.testing.assert_array_equal(batch['orig_hw'][row], [32, 32])
-    np.testing.assert_array_equal(pipeline.denormalize(batch['image'][row]), ex['image'])
+    np.testing.assert_array_equal(batch['window'][row], [0, 0, 32, 32])
+    np.testing.assert_array_equal(pipeline.denormalize(batch['image'][row]),
+                                  images.decode_image(ex['image'], 'png'))
 
 
 def test_eval_batches_limit_examples(tiny_data_dir):
@@ -53,20 +69,122 @@ def test_eval_batches_limit_examples(tiny_data_dir):
   assert [n for _, n in got] == [8, 2]
 
 
-def test_resize_and_grayscale():
-  gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
-  rgb = pipeline.to_rgb_uint8(gray)
-  assert rgb.shape == (3, 4, 3) and (rgb[..., 0] == gray).all()
-  assert pipeline.resize(rgb, 8).shape == (8, 8, 3)
+def test_unknown_crops_are_rejected():
+  with pytest.raises(ValueError, match="train_crop='centre'.*random_resized"):
+    pipeline.TrainPreprocess(32, 'centre')
+  with pytest.raises(ValueError, match="eval_crop='crop'.*resize_crop"):
+    pipeline.EvalPreprocess(32, 4, 'crop')
 
 
-def test_eval_batches_of_an_empty_share_keep_the_batch_shape(tiny_data_dir, monkeypatch):
-  """Process 3 of 4 reading 3 images owns none of them, but must step with the others."""
-  import jax  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(jax, 'process_index', lambda: 3)
-  monkeypatch.setattr(jax, 'process_count', lambda: 4)
-  source = _source(tiny_data_dir, 'test')
-  got = list(pipeline.eval_batches(source, image_size=32, process_batch_size=8, max_boxes=4,
-                                   num_examples=3))
-  assert [n for _, n in got] == [0]
-  assert got[0][0]['image'].shape == (8, 32, 32, 3)
+# --- windows --------------------------------------------------------------------------
+
+def test_center_crop_window_by_hand():
+  # 300 wide, 200 high; shorter side 200 -> 256: scale 1.28; a 224 crop covers
+  # 224 / 1.28 = 175 original pixels, centred at (150, 100).
+  np.testing.assert_allclose(pipeline.center_crop_window((200, 300), 224, 256),
+                             [62.5, 12.5, 237.5, 187.5])
+  with pytest.raises(ValueError, match='at least 224'):
+    pipeline.center_crop_window((200, 300), 224, 200)
+
+
+def test_random_resized_crop_windows_fit_and_follow_the_ranges():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    x0, y0, x1, y1 = pipeline.random_resized_crop_window((60, 90), rng, 32)
+    assert 0 <= x0 < x1 <= 90 and 0 <= y0 < y1 <= 60
+    area = (x1 - x0) * (y1 - y0) / (60 * 90)
+    assert 0.06 <= area <= 1.0  # 0.08..1 up to rounding the sides
+  # No 3/4..4/3 crop of >= 8 % fits a 2-pixel-high strip: the centre-crop fallback,
+  # side = 32 / (32 + 32) * 2 = 1.
+  np.testing.assert_array_equal(
+      pipeline.random_resized_crop_window((2, 400), rng, 32, area_range=(0.5, 1.0)),
+      [200, 1, 201, 2])
+
+
+def test_crop_resize_of_a_window_equals_cropping_then_resizing():
+  rng = np.random.default_rng(1)
+  image = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+  got = pipeline.crop_resize(image, np.array([10, 5, 40, 25]), 15)
+  want = np.asarray(Image.fromarray(image[5:25, 10:40]).resize((15, 15), Image.BILINEAR))
+  # The border differs: with a window, the filter reads the pixels just outside it, as a
+  # resize of the whole image would; a crop clamps at its edge.
+  assert np.abs(got.astype(int) - want)[1:-1, 1:-1].max() <= 1
+  assert pipeline.crop_resize(image, pipeline.whole_window((30, 50)), 20).shape == (20, 20, 3)
+
+
+def test_boxes_through_a_window_by_hand():
+  # A 48-wide, 36-high image resized whole to 12×12: 4 original columns and 3 rows per
+  # input pixel. Box columns 8..19 (edges 8, 20) -> input edges 2, 5 -> columns 2..4;
+  # rows 6..14 (edges 6, 15) -> 2, 5 -> rows 2..4.
+  window = pipeline.whole_window((36, 48))
+  np.testing.assert_array_equal(pipeline.boxes_to_input([[8, 6, 19, 14]], window, 12),
+                                [[2, 2, 4, 4]])
+  # And back: input columns 2..4 -> edges 8, 20 -> 8..19; rows edges 6, 15 -> 6..14.
+  np.testing.assert_array_equal(
+      pipeline.boxes_to_original([[2, 2, 4, 4]], window, 12, (36, 48)), [[8, 6, 19, 14]])
+  # A box past the window is clipped to the input.
+  np.testing.assert_array_equal(
+      pipeline.boxes_to_input([[0, 0, 47, 35]], np.array([12, 9, 36, 27]), 12),
+      [[0, 0, 11, 11]])
+
+
+@pytest.mark.parametrize('crop', pipeline.EVAL_CROPS)
+def test_boxes_round_trip_through_each_eval_transform(crop):
+  """Original -> input -> original on a non-square image moves each edge by at most half
+  an input pixel's extent (rounded up) plus one pixel; a box thinner than an input pixel
+  becomes one input pixel, so by at most that pixel's extent."""
+  orig_hw, size = (375, 500), 64
+  preprocess = pipeline.EvalPreprocess(size, 4, crop)
+  window = preprocess.window(orig_hw)
+  per_pixel = max((window[2] - window[0]) / size, (window[3] - window[1]) / size)
+  rng = np.random.default_rng(0)
+  wx0, wy0, wx1, wy1 = np.ceil(window[:2]).astype(int).tolist() + \
+      np.floor(window[2:] - 1).astype(int).tolist()
+  for _ in range(200):
+    x0, x1 = np.sort(rng.integers(wx0, wx1 + 1, 2))
+    y0, y1 = np.sort(rng.integers(wy0, wy1 + 1, 2))
+    box = np.array([[x0, y0, x1, y1]])
+    back = pipeline.boxes_to_original(pipeline.boxes_to_input(box, window, size), window,
+                                      size, orig_hw)
+    thin = min(x1 - x0 + 1, y1 - y0 + 1) < per_pixel
+    bound = np.ceil(per_pixel if thin else per_pixel / 2) + 1
+    assert np.abs(back - box).max() <= bound, (box, back)
+
+
+def test_eval_preprocess_resize_crop_keeps_ground_truth_in_the_original():
+  rng = np.random.default_rng(2)
+  pixels = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format='PNG')
+  ex = {'image': buf.getvalue(), 'label': 3, 'boxes': np.array([[1, 2, 50, 30]]),
+        'file_name': 'a.png'}
+  out = pipeline.EvalPreprocess(16, 2, 'resize_crop', 20).map((7, ex))
+  # Shorter side 40 -> 20: the 16 crop covers 32 original pixels, centred at (30, 20).
+  np.testing.assert_allclose(out['window'], [14, 4, 46, 36])
+  np.testing.assert_array_equal(out['boxes'], [[1, 2, 50, 30], [-1, -1, -1, -1]])
+  np.testing.assert_array_equal(out['orig_hw'], [40, 60])
+  want = pipeline.crop_resize(pixels, np.array([14, 4, 46, 36]), 16)
+  np.testing.assert_array_equal(pipeline.denormalize(out['image']), want)
+
+
+# --- decoding -------------------------------------------------------------------------
+
+@pytest.mark.parametrize('mode', ['L', 'RGBA', 'CMYK', 'P', 'I;16'])
+def test_decode_converts_every_mode_to_rgb(mode):
+  gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+  image = Image.fromarray(gray).convert('RGB')
+  fmt = 'JPEG' if mode == 'CMYK' else 'PNG'
+  if mode == 'I;16':
+    image = Image.fromarray(gray.astype(np.uint16) * 257)  # 16-bit, full range
+  else:  # an adaptive palette holds the 12 grey levels exactly
+    image = image.convert(mode, palette=Image.ADAPTIVE) if mode == 'P' else image.convert(mode)
+  buf = io.BytesIO()
+  image.save(buf, format=fmt, **({'quality': 100} if fmt == 'JPEG' else {}))
+  rgb = pipeline.decode({'image': buf.getvalue()}, 0)
+  assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8
+  assert np.abs(rgb[..., 0].astype(int) - gray).max() <= (8 if fmt == 'JPEG' else 1)
+
+
+def test_decode_names_the_bad_file():
+  with pytest.raises(images.BadImageError, match='broken.jpg'):
+    pipeline.decode({'image': b'not an image', 'file_name': b'broken.jpg'}, 0)

@@ -63,7 +63,9 @@ def test_prepared_split_reads_back_with_every_feature(tiny_data_dir):
   builder = data.get_builder('cam_synth', 'tiny', tiny_data_dir)
   assert builder.info.splits['train'].num_examples == 256
   assert builder.info.splits['test'].num_examples == 64
-  assert data.class_names(builder.info) == list(synthetic.CLASS_NAMES[:4])
+  info = data.builder_info('cam_synth', builder.info)
+  assert info.class_names == synthetic.CLASS_NAMES[:4] and info.num_classes == 4
+  assert info.has_masks
   source = builder.as_data_source('test')
   ex = source[5]
   expected = synthetic.render_example(np.random.default_rng([0, 1, 5]), 32, 4)
