@@ -161,6 +161,11 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
       'cls_top1_error': (n - counts['cls_top1']) / n,
       'cls_top5_error': (n - counts['cls_top5']) / n,
   }
+  if localization and counts['num_gt'] == 0:
+    # OpenImages in the WSOL layout has masks, not boxes; a train split may have neither.
+    logging.warning('split %r of %r has no ground-truth boxes: box localization is not '
+                    'scored', config.data.eval_split, config.data.name)
+    localization = False
   if localization:
     mean_hw = (counts['rel_h'] / counts['num_gt'], counts['rel_w'] / counts['num_gt'])
     center_hits = sum(

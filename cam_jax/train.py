@@ -7,6 +7,7 @@ inserts the gradient all-reduce. BatchNorm statistics are therefore global.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -298,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- State, resumed if the workdir has a checkpoint -------------------------
   graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
-  with checkpoint_manager(workdir, config) as manager:
+  # Closing the iterator stops its worker processes, whatever ends the loop.
+  with checkpoint_manager(workdir, config) as manager, contextlib.closing(batches):
     restored = restore_checkpoint(manager, abstract_state,
                                   checkpoint_meta(config, num_classes, 0),
                                   data_iterator=batches)

@@ -3,7 +3,7 @@
 import numpy as np
 from flax import nnx
 
-from cam_jax import evaluate, sharding
+from cam_jax import evaluate, models, sharding
 from configs import synthetic_gap
 
 
@@ -91,3 +91,19 @@ def test_fc_classifier_is_evaluated_for_classification_only(tiny_data_dir):
   assert results['num_images'] == 64
   assert 0 <= results['cls_top1_error'] <= 1
   assert 'gt_known_loc_accuracy' not in results and 'loc_top1_error' not in results
+
+
+def test_split_without_boxes_is_scored_for_classification_only(tmp_path):
+  """OpenImages in the WSOL layout has masks, not boxes: no box metric, no division by 0."""
+  from tests.data import fake_wsol  # pylint: disable=g-import-not-at-top
+  expected = fake_wsol.write_fake_wsol(str(tmp_path), 'OpenImages')
+  config = synthetic_gap.get_config('tiny')
+  config.data = fake_wsol.data_config(expected)
+  config.data.image_size = 32
+  config.data.eval_split = 'test'
+  model = models.get_model('tiny_gap', num_classes=expected['num_classes'], rngs=nnx.Rngs(0))
+  results = evaluate.evaluate(config, model, sharding.make_mesh(), localization=True,
+                              num_pictures=2)
+  assert results['num_images'] == len(expected['splits']['test']['image_ids'])
+  assert 0 <= results['cls_top1_error'] <= 1
+  assert 'gt_known_loc_accuracy' not in results and 'pictures' not in results

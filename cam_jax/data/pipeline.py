@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import grain
 import jax
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from cam_jax.data import images
@@ -252,7 +253,10 @@ def _to_iter(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.
                                             prefetch_buffer_size=max(num_threads, 2)))
   if num_workers > 0:
     # Worker processes decode in parallel (the GIL holds threads back); the batch order is
-    # the same as with none, and the iterator's state still checkpoints.
+    # the same as with none, and the iterator's state still checkpoints. grain reads absl
+    # flags in its workers: outside an absl app (Colab, pytest) they count as parsed.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it)
 

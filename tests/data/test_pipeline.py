@@ -188,3 +188,57 @@ def test_decode_converts_every_mode_to_rgb(mode):
 def test_decode_names_the_bad_file():
   with pytest.raises(images.BadImageError, match='broken.jpg'):
     pipeline.decode({'image': b'not an image', 'file_name': b'broken.jpg'}, 0)
+
+
+# --- several processes ----------------------------------------------------------------
+
+def _as_process(monkeypatch, index, count):
+  monkeypatch.setattr(pipeline.jax, 'process_index', lambda: index)
+  monkeypatch.setattr(pipeline.jax, 'process_count', lambda: count)
+
+
+def test_processes_read_disjoint_shares_and_the_same_number_of_eval_batches(
+    tiny_data_dir, monkeypatch):
+  source = _source(tiny_data_dir, 'test')  # 64 images
+  eval_shares, train_shares = [], []
+  for index in range(3):
+    _as_process(monkeypatch, index, 3)
+    got = list(pipeline.eval_batches(source, image_size=32, process_batch_size=8, max_boxes=4,
+                                     num_examples=50))
+    eval_shares.append(np.concatenate([b['index'][:n] for b, n in got]))
+    # 50 images over 3 processes: shares of 17, 17, 16 -> 3 batches of 8 each.
+    assert len(got) == 3
+    # One training epoch of this process: 64 images -> shares of 22, 21, 21.
+    train = pipeline.train_batches(source, image_size=32, process_batch_size=1, seed=0,
+                                   crop='resize', flip=False)
+    share = len(range(index, 64, 3))
+    train_shares.append({pipeline.denormalize(next(train)['image'][0]).tobytes()
+                         for _ in range(share)})
+    assert len(train_shares[-1]) == share  # an epoch shows each image of the share once
+  np.testing.assert_array_equal(np.sort(np.concatenate(eval_shares)), np.arange(50))
+  for index, share in enumerate(eval_shares):
+    np.testing.assert_array_equal(share, np.arange(index, 50, 3))  # a stride per process
+  everything = {images.decode_image(source[i]['image'], '').tobytes() for i in range(64)}
+  assert set.union(*train_shares) == everything
+  assert sum(len(t) for t in train_shares) == 64  # disjoint
+
+
+def test_worker_processes_give_the_same_batches_and_resume(tiny_data_dir):
+  source = _source(tiny_data_dir, 'train')
+  kwargs = dict(image_size=32, process_batch_size=8, seed=5)
+  in_process = pipeline.train_batches(source, **kwargs)
+  want = [next(in_process) for _ in range(6)]
+  workers = pipeline.train_batches(source, num_workers=2, **kwargs)
+  try:
+    for k in range(3):
+      np.testing.assert_array_equal(next(workers)['image'], want[k]['image'])
+    state = workers.get_state()
+  finally:
+    workers.close()
+  resumed = pipeline.train_batches(source, num_workers=2, **kwargs)
+  try:
+    resumed.set_state(state)
+    for k in range(3, 6):
+      np.testing.assert_array_equal(next(resumed)['image'], want[k]['image'])
+  finally:
+    resumed.close()
