@@ -6,7 +6,8 @@ whose axis `data` carries the batch; parameters and optimizer state are replicat
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -54,13 +55,21 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
+def distributed_requested(enabled: bool, environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether to join a multi-process cluster: the config says so, or the launcher does
+  (JAX_COORDINATOR_ADDRESS set; SLURM with several tasks; a multi-host Cloud TPU VM)."""
+  return (enabled or bool(environ.get('JAX_COORDINATOR_ADDRESS'))
+          or int(environ.get('SLURM_NTASKS', '1') or 1) > 1
+          or ',' in environ.get('TPU_WORKER_HOSTNAMES', ''))
+
+
 def maybe_initialize_distributed(enabled: bool) -> None:
   """`jax.distributed.initialize()` for multi-host runs (TPU pods, SLURM, GPU clusters).
 
   With no arguments JAX reads the cluster from the environment (Cloud TPU metadata,
   SLURM variables, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
   """
-  if enabled:
+  if distributed_requested(enabled) and not jax.distributed.is_initialized():
     jax.distributed.initialize()
 
 

@@ -8,8 +8,12 @@ inserts the gradient all-reduce. BatchNorm statistics are therefore global.
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
+import math
 import os
+import re
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -23,19 +27,58 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from cam_jax import checkpoints
 from cam_jax import data as data_lib
 from cam_jax import evaluate as evaluate_lib
-from cam_jax import io_utils
+from cam_jax import metric_writers
 from cam_jax import models
 from cam_jax import sharding
 from cam_jax.data import pipeline
 
 TrainState = Any  # nnx.State of (model, optimizer)
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+# ---------------------------------------------------------------------------
+# Model, optimizer, state
+# ---------------------------------------------------------------------------
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """`config.model.dtype`: the dtype of activations and matmuls. Parameters and optimizer
+  state stay float32 whatever it is (mixed precision)."""
+  name = config.model.get('dtype', 'float32')
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'config.model.dtype={name!r}; expected one of {COMPUTE_DTYPES}')
+  return jnp.dtype(name)
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) -> nnx.Module:
   return models.get_model(config.model.name, num_classes=num_classes, rngs=nnx.Rngs(seed),
-                          **config.model.get('kwargs', {}))
+                          dtype=compute_dtype(config), **config.model.get('kwargs', {}))
+
+
+def resolve_schedule(config: ml_collections.ConfigDict, num_train_examples: int,
+                     num_devices: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with the relative settings made absolute, where set:
+  `per_device_batch_size` × devices -> `batch_size` (global); `num_epochs` and
+  `optimizer.decay_every_epochs` -> `total_steps` and `optimizer.decay_every` for this
+  split and global batch."""
+  per_device = config.get('per_device_batch_size')
+  epochs, decay_epochs = config.get('num_epochs'), config.optimizer.get('decay_every_epochs')
+  if per_device is None and epochs is None and decay_epochs is None:
+    return config
+  config = config.copy_and_resolve_references()
+  if per_device is not None:
+    config.batch_size = per_device * num_devices
+  steps_per_epoch = num_train_examples / config.batch_size
+  if epochs is not None:
+    config.total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+  if decay_epochs is not None:
+    config.optimizer.decay_every = max(1, round(decay_epochs * steps_per_epoch))
+  logging.info('%d training images at global batch %d: %.1f steps per epoch; total_steps %d, '
+               'decay_every %d', num_train_examples, config.batch_size, steps_per_epoch,
+               config.total_steps, config.optimizer.decay_every)
+  return config
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -55,9 +98,37 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
   return optax.join_schedules([warmup, main], [opt.warmup_steps])
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def param_labels(config: ml_collections.ConfigDict, params: Any) -> Any:
+  """'frozen', 'new' or 'base' for every parameter, by its path ('trunk/conv1/conv/kernel')
+  matched against the regexes of `optimizer.frozen` and `optimizer.new_layers`.
+
+  Raises if a regex matches no parameter: a typo must not silently train everything.
+  """
   opt = config.optimizer
-  lr = create_learning_rate_fn(config)
+  names = []
+  jax.tree_util.tree_map_with_path(lambda p, _: names.append(checkpoints.param_path(p)), params)
+  checked = ('frozen', 'new_layers') if opt.get('new_layers_lr_multiplier', 1.0) != 1.0 else (
+      'frozen',)
+  for field in checked:
+    for pattern in opt.get(field, ()):
+      if not any(re.fullmatch(pattern, n) for n in names):
+        raise ValueError(f'config.optimizer.{field}: {pattern!r} matches no parameter; '
+                         f'parameters are named like {", ".join(names[:4])}, ...')
+
+  def label(path, _):
+    name = checkpoints.param_path(path)
+    if any(re.fullmatch(p, name) for p in opt.get('frozen', ())):
+      return 'frozen'
+    if any(re.fullmatch(p, name) for p in opt.get('new_layers', ())):
+      return 'new'
+    return 'base'
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _base_optimizer(config: ml_collections.ConfigDict,
+                    lr: optax.Schedule) -> optax.GradientTransformation:
+  opt = config.optimizer
   # Weight decay on kernels only: decaying biases and BatchNorm scales only hurts.
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   if opt.name == 'adamw':
@@ -68,6 +139,22 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   raise ValueError(f"config.optimizer.name must be 'adamw' or 'sgd', got {opt.name!r}")
 
 
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD or AdamW on the schedule; with `optimizer.frozen` and a new-layer learning-rate
+  multiplier, one transform per group of parameters (fine-tuning practice: the layers the
+  paper adds learn `new_layers_lr_multiplier` times faster than the pretrained ones)."""
+  opt = config.optimizer
+  lr = create_learning_rate_fn(config)
+  multiplier = opt.get('new_layers_lr_multiplier', 1.0)
+  if not opt.get('frozen') and multiplier == 1.0:
+    return _base_optimizer(config, lr)
+  return optax.multi_transform(
+      {'base': _base_optimizer(config, lr),
+       'new': _base_optimizer(config, lambda step: lr(step) * multiplier),
+       'frozen': optax.set_to_zero()},
+      functools.partial(param_labels, config))
+
+
 def _create_model_and_optimizer(config: ml_collections.ConfigDict,
                                 num_classes: int) -> tuple[nnx.Module, nnx.Optimizer]:
   model = create_model(config, num_classes, config.seed)
@@ -76,16 +163,47 @@ def _create_model_and_optimizer(config: ml_collections.ConfigDict,
 
 def create_train_state(config: ml_collections.ConfigDict,
                        num_classes: int) -> tuple[nnx.GraphDef, TrainState]:
-  """`(graphdef, state)` of the model and its optimizer, split for pure jitted steps."""
-  return nnx.split(_create_model_and_optimizer(config, num_classes))
+  """`(graphdef, state)` of the model and its optimizer, split for pure jitted steps.
+
+  With `config.init_from.workdir`, the model's parameters come from that run's checkpoint,
+  except those matching `config.init_from.reinit` (default: the head).
+  """
+  model, optimizer = _create_model_and_optimizer(config, num_classes)
+  init = config.get('init_from')
+  if init is not None and init.get('workdir'):
+    checkpoints.load_params_from(model, init.workdir, init.get('step'),
+                                 tuple(init.get('reinit', ())))
+  return nnx.split((model, optimizer))
 
 
-def cross_entropy_loss(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits_BC.astype(jnp.float32), labels_B).mean()
+def abstract_train_state(config: ml_collections.ConfigDict, num_classes: int,
+                         mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, TrainState]:
+  """`(graphdef, state)` with shapes, dtypes and (replicated) shardings, nothing allocated."""
+  graphdef, state = nnx.split(
+      nnx.eval_shape(lambda: _create_model_and_optimizer(config, num_classes)))
+  repl = sharding.replicated(mesh)
+  return graphdef, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
 
 
-def make_train_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
+# ---------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------
+
+def cross_entropy_loss(logits_BC: jax.Array, labels_B: jax.Array,
+                       label_smoothing: float = 0.0) -> jax.Array:
+  """Mean softmax cross-entropy, in float32 whatever the compute dtype; with label
+  smoothing, the target puts `label_smoothing` of its mass uniformly on all classes."""
+  logits_BC = logits_BC.astype(jnp.float32)
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B).mean()
+  targets_BC = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BC.shape[-1]),
+                                   label_smoothing)
+  return optax.softmax_cross_entropy(logits_BC, targets_BC).mean()
+
+
+def make_train_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *,
+                    label_smoothing: float = 0.0) -> Callable:
   """`step(state, batch) -> (state, metrics)`, jitted over the mesh, state donated."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
@@ -93,7 +211,7 @@ def make_train_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable
 
     def loss_fn(model):
       logits_BC, _ = model(batch['image'], train=True)
-      return cross_entropy_loss(logits_BC, batch['label']), logits_BC
+      return cross_entropy_loss(logits_BC, batch['label'], label_smoothing), logits_BC
 
     (loss, logits_BC), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
@@ -108,107 +226,39 @@ def make_train_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints
+# Preemption
 # ---------------------------------------------------------------------------
 
-def checkpoint_meta(config: ml_collections.ConfigDict, num_classes: int,
-                    step: int) -> dict[str, Any]:
-  """What a checkpoint must agree on with the config that restores it."""
-  return {'step': step, 'model': config.model.name,
-          'model_kwargs': config.model.get('kwargs', ml_collections.ConfigDict()).to_dict(),
-          'num_classes': num_classes, 'dataset': config.data.name}
+class Preemption:
+  """Notes a SIGTERM (what Kubernetes, SLURM and Cloud TPU send before they stop a job);
+  the loop then saves a checkpoint at the end of the current step and leaves cleanly.
 
-
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options)
-
-
-def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState,
-                    meta: dict[str, Any], data_iterator: grain.DatasetIterator | None = None
-                    ) -> None:
-  """Saves asynchronously; orbax writes to a temporary folder and renames it when done, so
-  a crash never leaves a checkpoint that `latest_step` would trust.
-
-  With `data_iterator`, its state (one small JSON file per process) is saved too, so that
-  a resumed run reads the batches an uninterrupted one would have read.
+  With several processes, every process must save at the same step: `requested()` is an
+  all-gather of the flag, so all of them stop together even if only one got the signal.
   """
-  items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
-  if data_iterator is not None:
-    items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-  manager.save(step, args=ocp.args.Composite(**items))
 
+  def __init__(self):
+    self.flag = False
+    self._previous = None
 
-def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainState,
-                       expected_meta: dict[str, Any], step: int | None = None,
-                       data_iterator: grain.DatasetIterator | None = None
-                       ) -> tuple[int, TrainState] | None:
-  """`(step, state)` of the latest (or given) checkpoint, or None if there is none.
+  def __enter__(self) -> 'Preemption':
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
 
-  With `data_iterator`, the input pipeline's saved state is restored into it. Raises
-  ValueError if the checkpoint belongs to another model or dataset, before anything is
-  overwritten.
-  """
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    return None
-  where = os.path.join(str(manager.directory), str(step))
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  expected_meta = json.loads(json.dumps(expected_meta))  # as stored: tuples become lists
-  keys = ('model', 'model_kwargs', 'num_classes', 'dataset')
-  diffs = {k: (meta.get(k), expected_meta[k]) for k in keys if meta.get(k) != expected_meta[k]}
-  if diffs:
-    detail = '; '.join(f'{k}: checkpoint has {a!r}, config asks for {b!r}'
-                       for k, (a, b) in diffs.items())
-    raise ValueError(f'The checkpoint in {where} is of an incompatible model ({detail}). '
-                     'Use another --workdir, or the config that wrote it.')
-  items = {'state': ocp.args.StandardRestore(abstract_state)}
-  if data_iterator is not None:
-    if not os.path.isdir(os.path.join(where, 'data')):
-      raise ValueError(f'The checkpoint in {where} has no input pipeline state, so the data '
-                       'order cannot be resumed. Use another --workdir.')
-    items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'The checkpoint in {where} does not fit the model of this config '
-                     f'({type(e).__name__}: {e}). Use another --workdir.') from e
-  return step, restored['state']
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    self.flag = True
 
-def abstract_train_state(config: ml_collections.ConfigDict, num_classes: int,
-                         mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, TrainState]:
-  """`(graphdef, state)` with shapes, dtypes and (replicated) shardings, nothing allocated."""
-  graphdef, state = nnx.split(
-      nnx.eval_shape(lambda: _create_model_and_optimizer(config, num_classes)))
-  repl = sharding.replicated(mesh)
-  return graphdef, jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
-
-
-# ---------------------------------------------------------------------------
-# Metrics log
-# ---------------------------------------------------------------------------
-
-def append_metrics(workdir: str, record: dict[str, Any]) -> None:
-  """One JSON line per record in workdir/metrics.jsonl (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
-    f.write(json.dumps(record, sort_keys=True) + '\n')
-
-
-def truncate_metrics(workdir: str, step: int) -> None:
-  """Drops records past `step`: a resumed run logs those steps again."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if jax.process_index() != 0 or not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  kept = [line for line in lines if json.loads(line).get('step', 0) <= step]
-  if len(kept) != len(lines):
-    io_utils.atomic_write_text(path, ''.join(kept))
+  def requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.max(multihost_utils.process_allgather(np.int32(self.flag))))
 
 
 def _format_eta(seconds: float) -> str:
@@ -221,36 +271,42 @@ def _format_eta(seconds: float) -> str:
 # The loop
 # ---------------------------------------------------------------------------
 
-def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-                manager: ocp.CheckpointManager, graphdef: nnx.GraphDef, state: TrainState,
-                batches: grain.DatasetIterator, num_classes: int, start_step: int,
-                last_step: int) -> TrainState:
+def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                manager: ocp.CheckpointManager, writer: metric_writers.MetricWriter,
+                best: checkpoints.BestCheckpoint | None, preemption: Preemption,
+                graphdef: nnx.GraphDef, state: TrainState, batches: grain.DatasetIterator,
+                num_classes: int, start_step: int, last_step: int) -> tuple[TrainState, int]:
   """Steps `start_step + 1 .. last_step` on `batches` (positioned after `start_step`):
-  progress lines, metrics.jsonl, periodic classification evals and checkpoints. Returns
-  the state after `last_step`."""
-  train_step = make_train_step(graphdef, mesh)
+  progress lines, metrics, periodic evaluations, checkpoints. Returns the state and the
+  last step run (earlier than `last_step` when preempted)."""
+  train_step = make_train_step(graphdef, mesh, label_smoothing=config.get('label_smoothing', 0.0))
   lr_fn = create_learning_rate_fn(config)
 
   total = config.total_steps
-  logging.info('Training %s on %s: steps %d..%d of %d, global batch %d on %d devices',
-               config.model.name, config.data.name, start_step, last_step, total,
-               config.batch_size, mesh.devices.size)
+  logging.info('Training %s on %s: steps %d..%d of %d, global batch %d on %d devices '
+               '(%d processes), compute dtype %s', config.model.name, config.data.name,
+               start_step, last_step, total, config.batch_size, mesh.devices.size,
+               jax.process_count(), compute_dtype(config).name)
   t_start, t_log, step_log = time.time(), time.time(), start_step
   train_metrics = []
+  step = start_step
   for step in range(start_step + 1, last_step + 1):
     batch = sharding.shard_batch(next(batches), mesh)
     state, metrics = train_step(state, batch)
     train_metrics.append(metrics)
 
-    checkpoint_now = step % config.checkpoint_every == 0 or step == last_step
+    preempted = preemption.requested()
+    checkpoint_now = step % config.checkpoint_every == 0 or step == last_step or preempted
     # Metrics are read before every checkpoint, so a NaN never reaches one.
     if step % config.log_every == 0 or checkpoint_now:
       summary = {k: float(np.mean([m[k] for m in jax.device_get(train_metrics)]))
                  for k in train_metrics[0]}
       train_metrics = []
-      if not np.isfinite(summary['loss']):
-        raise FloatingPointError(f'loss is {summary["loss"]} at step {step}; the last good '
-                                 f'checkpoint in {manager.directory} is left as it was')
+      if not all(np.isfinite(v) for v in summary.values()):
+        raise FloatingPointError(
+            f'non-finite training metrics at step {step} ({summary}); stopped before any '
+            f'checkpoint held them: the last good one in {manager.directory} is intact. '
+            'Lower the learning rate, or check the input data.')
       now = time.time()
       images_per_s = (step - step_log) * config.batch_size / (now - t_log)
       eta = (total - step) * (now - t_start) / (step - start_step)
@@ -258,22 +314,32 @@ def _train_loop(config: ml_collections.ConfigDict, workdir: str, mesh: jax.shard
       logging.info('step %d/%d  loss %.4f  accuracy %.3f  lr %.2e  %.1f images/s  ETA %s',
                    step, total, summary['loss'], summary['accuracy'], lr_fn(step - 1),
                    images_per_s, _format_eta(eta))
-      append_metrics(workdir, {'step': step, 'split': 'train', **summary,
-                               'learning_rate': float(lr_fn(step - 1)),
-                               'images_per_s': images_per_s,
-                               'elapsed_s': now - t_start})
+      writer.write({'step': step, 'split': 'train', **summary,
+                    'learning_rate': float(lr_fn(step - 1)), 'images_per_s': images_per_s,
+                    'elapsed_s': now - t_start})
 
-    if config.eval_every and step % config.eval_every == 0 and step != total:
+    if config.eval_every and step % config.eval_every == 0 and step != total and not preempted:
       results = evaluate_lib.evaluate(
-          config, nnx.merge(graphdef, state)[0], mesh, localization=False,
+          config, nnx.merge(graphdef, state)[0], mesh, localization=True,
           num_examples=config.get('eval_examples_during_training'))
+      results.pop('pictures', None)
       logging.info('step %d eval: %s', step, evaluate_lib.format_brief(results))
-      append_metrics(workdir, {'step': step, 'split': config.data.eval_split, **results})
+      writer.write({'step': step, 'split': config.data.eval_split, **results})
+      if best is not None and best.update(step, state,
+                                          checkpoints.checkpoint_meta(config, num_classes, step),
+                                          results):
+        logging.info('step %d: best %s so far (%.4f), saved in %s', step, best.metric,
+                     best.value, best.manager.directory)
 
     if checkpoint_now:
-      save_checkpoint(manager, step, state, checkpoint_meta(config, num_classes, step), batches)
+      checkpoints.save_checkpoint(manager, step, state,
+                                  checkpoints.checkpoint_meta(config, num_classes, step), batches)
+    if preempted:
+      logging.warning('SIGTERM: saved a checkpoint at step %d in %s; run the same command to '
+                      'resume.', step, manager.directory)
+      break
   manager.wait_until_finished()
-  return state
+  return state, step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -281,17 +347,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains (resuming from the latest checkpoint in `workdir`), then evaluates.
 
   `stop_after`: leave after that many steps in total, with a checkpoint, as a preempted
-  job would; the next call with the same workdir resumes there. Returns the evaluation
-  results, or None when stopped early.
+  job would; the next call with the same workdir resumes there. A SIGTERM does the same
+  at the end of the current step. Returns the evaluation results, or None when stopped
+  early.
   """
   os.makedirs(workdir, exist_ok=True)
   sharding.maybe_initialize_distributed(config.get('distributed', False))
   mesh = sharding.make_mesh()
-  process_batch = sharding.check_batch_size(config.batch_size, mesh)
 
   # --- Data -------------------------------------------------------------------
   train_source, info = data_lib.load_source(config.data, config.data.train_split)
   num_classes = info.num_classes
+  config = resolve_schedule(config, len(train_source), mesh.devices.size)
+  process_batch = sharding.check_batch_size(config.batch_size, mesh)
   batches = pipeline.train_batches(
       train_source, image_size=config.data.image_size, process_batch_size=process_batch,
       seed=config.seed, crop=config.data.train_crop, flip=config.data.flip,
@@ -299,22 +367,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- State, resumed if the workdir has a checkpoint -------------------------
   graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
+  writer = metric_writers.MetricWriter(workdir, tensorboard=config.get('tensorboard', True))
+  best = (checkpoints.BestCheckpoint(workdir, config)
+          if config.get('best_metric') and config.eval_every else None)
   # Closing the iterator stops its worker processes, whatever ends the loop.
-  with checkpoint_manager(workdir, config) as manager, contextlib.closing(batches):
-    restored = restore_checkpoint(manager, abstract_state,
-                                  checkpoint_meta(config, num_classes, 0),
-                                  data_iterator=batches)
+  with checkpoints.checkpoint_manager(workdir, config) as manager, \
+      contextlib.closing(batches), contextlib.closing(writer), Preemption() as preemption:
+    restored = checkpoints.restore_checkpoint(
+        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0),
+        data_iterator=batches)
     if restored is None:
       start_step = 0
       state = sharding.replicate(create_train_state(config, num_classes)[1], mesh)
     else:
       start_step, state = restored
       logging.info('Resumed from step %d in %s', start_step, workdir)
-      truncate_metrics(workdir, start_step)
+      writer.truncate(start_step)
     total = config.total_steps
     last_step = total if stop_after is None else min(total, stop_after)
-    state = _train_loop(config, workdir, mesh, manager, graphdef, state, batches,
-                        num_classes, start_step, last_step)
+    try:
+      state, last_step = _train_loop(config, mesh, manager, writer, best, preemption,
+                                     graphdef, state, batches, num_classes, start_step,
+                                     last_step)
+    finally:
+      if best is not None:
+        best.close()
 
   if last_step < total:
     logging.info('Stopped after step %d of %d; run again with the same workdir to resume.',
@@ -330,8 +407,9 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sha
                   num_classes: int) -> tuple[nnx.Module, int]:
   """`(model, step)` from the latest checkpoint in `workdir`; raises if there is none."""
   graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
-  with checkpoint_manager(workdir, config) as manager:
-    restored = restore_checkpoint(manager, abstract_state, checkpoint_meta(config, num_classes, 0))
+  with checkpoints.checkpoint_manager(workdir, config) as manager:
+    restored = checkpoints.restore_checkpoint(manager, abstract_state,
+                                              checkpoints.checkpoint_meta(config, num_classes, 0))
   if restored is None:
     raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}: '
                             'train first (--mode=train_and_evaluate).')

@@ -41,9 +41,17 @@ def get_common() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'small_gap'  # A name of cam_jax.models.MODELS.
   config.model.kwargs = ml_collections.ConfigDict()  # Passed to the model's constructor.
+  # Activations and matmuls; 'bfloat16' is mixed precision: parameters and optimizer state
+  # stay float32.
+  config.model.dtype = 'float32'
 
   config.batch_size = 64  # Global: split over every device of every process.
+  # Set to make the global batch this × the number of devices instead.
+  config.per_device_batch_size = ml_collections.FieldReference(None, field_type=int)
   config.total_steps = 1000
+  # Set to train for this many epochs of the train split instead (total_steps is derived).
+  config.num_epochs = ml_collections.FieldReference(None, field_type=float)
+  config.label_smoothing = 0.0
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'sgd'  # 'sgd' (with momentum) or 'adamw'.
@@ -52,13 +60,33 @@ def get_common() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 5e-4  # On kernels only.
   config.optimizer.schedule = 'step'  # 'step' (×0.1 every decay_every), 'cosine', 'constant'.
   config.optimizer.decay_every = 40_000
+  # Set to give decay_every in epochs instead of steps.
+  config.optimizer.decay_every_epochs = ml_collections.FieldReference(None, field_type=float)
   config.optimizer.warmup_steps = 0
+  # Parameters are named by path, e.g. 'trunk/conv1/conv/kernel', 'head/bias'. Regexes
+  # (full match) of parameters that do not train:
+  config.optimizer.frozen = ()
+  # The layers the paper adds to a pretrained backbone, and how much faster they learn
+  # (fine-tuning practice: 10; 1 trains every layer alike).
+  config.optimizer.new_layers = (r'cam_conv/.*', r'head/.*')
+  config.optimizer.new_layers_lr_multiplier = 1.0
 
   config.log_every = 50  # Steps between progress lines and metrics.jsonl records.
   config.eval_every = 1000  # Steps between classification evals during training; 0: never.
   config.eval_examples_during_training = ml_collections.FieldReference(None, field_type=int)
   config.checkpoint_every = 1000
   config.keep_checkpoints = 2
+  # workdir/best/ keeps the checkpoint with the best value of this metric of the evals
+  # during training ('' for none), e.g. 'gt_known_loc_accuracy' with best_mode 'max'.
+  config.best_metric = 'cls_top1_error'
+  config.best_mode = 'min'
+  config.tensorboard = True  # Event files in workdir/tensorboard (tensorboardX, no TF).
+  # Start from another run's weights (a workdir, or its checkpoints/ or best/ folder),
+  # except the parameters matching `reinit` (regexes), which are initialised afresh.
+  config.init_from = ml_collections.ConfigDict()
+  config.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
+  config.init_from.step = ml_collections.FieldReference(None, field_type=int)
+  config.init_from.reinit = (r'head/.*',)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 128  # Global.
@@ -72,7 +100,12 @@ def get_common() -> ml_collections.ConfigDict:
 
 def set_ilsvrc_finetuning(config: ml_collections.ConfigDict, image_size: int = 224) -> None:
   """The paper's fine-tuning recipe on ILSVRC-2012 (DESIGN.md §4): SGD momentum 0.9, base
-  lr 1e-3, ×0.1 every 40k iterations, 160k iterations, weight decay 5e-4, batch 64."""
+  lr 1e-3, ×0.1 every 40k iterations, 160k iterations, weight decay 5e-4, batch 64.
+
+  In epochs of the 1,281,167 training images: 160k × 64 = 8.0 epochs, decay every 2.0
+  (`--config.num_epochs=8 --config.optimizer.decay_every_epochs=2` says the same at any
+  batch size).
+  """
   config.data.name = 'ilsvrc2012_loc'  # Prepared from the manual files: README.
   config.data.eval_split = 'validation'
   config.data.image_size = image_size

@@ -48,6 +48,12 @@ def test_main_trains_evaluates_and_writes_everything(tiny_data_dir, tmp_path):
   assert [r['step'] for r in records if r['split'] == 'test'] == [4]
 
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
+  # The eval at step 4 (the only one during training) is the best so far.
+  assert os.listdir(os.path.join(workdir, 'best')) == ['4']
+  events = os.listdir(os.path.join(workdir, 'tensorboard'))
+  assert len(events) == 1 and events[0].startswith('events.out.tfevents')
+  eval_4 = [r for r in records if r['split'] == 'test'][0]
+  assert 'gt_known_loc_accuracy' in eval_4  # localization is evaluated during training
   pictures = sorted(os.listdir(os.path.join(workdir, 'cams')))
   assert pictures == ['00.png', '01.png', '02.png', '03.png']
   png = np.asarray(Image.open(os.path.join(workdir, 'cams', '00.png')))

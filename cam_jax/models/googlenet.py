@@ -141,6 +141,7 @@ class GoogLeNetGAP(layers.GAPNetwork):
                cam_channels: int = 1024, cam_groups: int = 2, pooling: str = 'avg',
                dropout_rate: float = 0.0, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
+    layers.check_pooling(pooling)  # before building the trunk, which takes seconds
     self.trunk = GoogLeNetTrunk(variant=variant, batch_norm=batch_norm, last='4e',
                                 dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.add_cam_head(self.trunk.out_channels, num_classes, cam_channels=cam_channels,

@@ -1,0 +1,37 @@
+"""Checkpoint helpers: the best checkpoint, parameter paths."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cam_jax import checkpoints
+from configs import synthetic_gap
+
+
+def test_best_checkpoint_keeps_the_best_across_reopening(tmp_path):
+  config = synthetic_gap.get_config('tiny')
+  config.best_metric, config.best_mode = 'cls_top1_error', 'min'
+  state = {'w': np.arange(3.0)}
+  best = checkpoints.BestCheckpoint(str(tmp_path), config)
+  assert best.update(4, state, {'step': 4}, {'cls_top1_error': 0.5})
+  assert not best.update(8, state, {'step': 8}, {'cls_top1_error': 0.6})
+  assert best.update(12, state, {'step': 12}, {'cls_top1_error': 0.25})
+  best.close()
+  again = checkpoints.BestCheckpoint(str(tmp_path), config)
+  assert again.value == 0.25
+  assert not again.update(16, state, {'step': 16}, {'cls_top1_error': 0.3})
+  again.close()
+  assert os.listdir(tmp_path / 'best') == ['12']
+  with pytest.raises(KeyError, match='best_metric'):
+    checkpoints.BestCheckpoint(str(tmp_path), config).update(20, state, {}, {'other': 1})
+
+
+def test_param_path_of_live_and_restored_trees():
+  live = [(jax.tree_util.DictKey('trunk'), jax.tree_util.SequenceKey(3),
+           jax.tree_util.DictKey('kernel'), jax.tree_util.GetAttrKey('value'))]
+  restored = [(jax.tree_util.DictKey('trunk'), jax.tree_util.DictKey('3'),
+               jax.tree_util.DictKey('kernel'), jax.tree_util.DictKey('value'))]
+  assert checkpoints.param_path(live[0]) == 'trunk/3/kernel'
+  assert checkpoints.param_path(restored[0]) == 'trunk/3/kernel'
