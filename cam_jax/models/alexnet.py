@@ -118,12 +118,16 @@ class AlexNet(nnx.Module):
 
   def __call__(self, images_BHWC: jax.Array, train: bool = False):
     feats_BhwK = self.trunk(images_BHWC, train)
+    return self.logits_from_features(feats_BhwK, train), {'features': feats_BhwK}
+
+  def logits_from_features(self, feats_BhwK: jax.Array, train: bool = False) -> jax.Array:
+    """What follows `aux['features']` (conv5): pool5, the classifier (Grad-CAM's d/df)."""
     x = layers.max_pool(feats_BhwK, 3, 2, ceil_mode=self.trunk.ceil_mode)
     x = layers.adaptive_avg_pool(x, (6, 6))
     x = x.reshape(x.shape[0], -1)
     x = nnx.relu(self.fc6(self.dropout(x, deterministic=not train)))
     x = nnx.relu(self.fc7(self.dropout(x, deterministic=not train)))
-    return self.classifier(x), {'features': feats_BhwK}
+    return self.classifier(x)
 
 
 class AlexNetGAP(layers.GAPNetwork):

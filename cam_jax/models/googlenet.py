@@ -172,5 +172,9 @@ class GoogLeNet(nnx.Module):
 
   def __call__(self, images_BHWC: jax.Array, train: bool = False):
     feats_BhwK = self.trunk(images_BHWC, train)
+    return self.logits_from_features(feats_BhwK, train), {'features': feats_BhwK}
+
+  def logits_from_features(self, feats_BhwK: jax.Array, train: bool = False) -> jax.Array:
+    """What follows `aux['features']` (inception5b): GAP, dropout, `head` (Grad-CAM's d/df)."""
     pooled_BK = self.dropout(layers.global_pool(feats_BhwK, 'avg'), deterministic=not train)
-    return self.head(pooled_BK), {'features': feats_BhwK}
+    return self.head(pooled_BK)

@@ -60,8 +60,12 @@ class GAPNetwork(nnx.Module):
 
   def __call__(self, images_BHWC: jax.Array, train: bool = False):
     feats_BhwK = self.cam_conv(self.backbone(images_BHWC, train), train)
+    return self.logits_from_features(feats_BhwK, train), {'features': feats_BhwK}
+
+  def logits_from_features(self, feats_BhwK: jax.Array, train: bool = False) -> jax.Array:
+    """What follows `aux['features']`: global pooling, dropout, `head` (Grad-CAM's d/df)."""
     pooled_BK = self.dropout(global_pool(feats_BhwK, self.pooling), deterministic=not train)
-    return self.head(pooled_BK), {'features': feats_BhwK}
+    return self.head(pooled_BK)
 
 
 def check_pooling(kind: str) -> None:

@@ -71,5 +71,13 @@ class NIN(nnx.Module):
       for conv in block:
         x = conv(x, train)
     maps_BhwC = x
-    logits_BC = layers.global_pool(maps_BhwC, 'avg')
-    return logits_BC, {'features': maps_BhwC, 'class_maps': maps_BhwC}
+    return self.logits_from_features(maps_BhwC, train), {'features': maps_BhwC,
+                                                         'class_maps': maps_BhwC}
+
+  def logits_from_features(self, maps_BhwC: jax.Array, train: bool = False) -> jax.Array:
+    """What follows `aux['features']`: global average pooling (Grad-CAM's d/df).
+
+    `train` is unused (no dropout after cccp8); it keeps the signature of the others.
+    """
+    del train
+    return layers.global_pool(maps_BhwC, 'avg')

@@ -64,4 +64,12 @@ class SmallGAP(nnx.Module):
       for block in stage:
         x = block(x, train)
     feats_BhwK = self.cam_conv(x, train)
-    return self.head(layers.global_pool(feats_BhwK, self.pooling)), {'features': feats_BhwK}
+    return self.logits_from_features(feats_BhwK, train), {'features': feats_BhwK}
+
+  def logits_from_features(self, feats_BhwK: jax.Array, train: bool = False) -> jax.Array:
+    """What follows `aux['features']`: global pooling and `head` (Grad-CAM's d/df).
+
+    `train` is unused (no dropout here); it keeps the signature of the other models.
+    """
+    del train
+    return self.head(layers.global_pool(feats_BhwK, self.pooling))

@@ -85,9 +85,13 @@ class VGG16(nnx.Module):
 
   def __call__(self, images_BHWC: jax.Array, train: bool = False):
     feats_BhwK = self.trunk(images_BHWC, train)
+    return self.logits_from_features(feats_BhwK, train), {'features': feats_BhwK}
+
+  def logits_from_features(self, feats_BhwK: jax.Array, train: bool = False) -> jax.Array:
+    """What follows `aux['features']` (conv5_3): pool5, the classifier (Grad-CAM's d/df)."""
     x = layers.adaptive_avg_pool(nnx.max_pool(feats_BhwK, (2, 2), strides=(2, 2)), (7, 7))
     # Flattened in (h, w, c) order; torchvision flattens (c, h, w): same count, other layout.
     x = x.reshape(x.shape[0], -1)
     x = self.dropout(nnx.relu(self.fc6(x)), deterministic=not train)
     x = self.dropout(nnx.relu(self.fc7(x)), deterministic=not train)
-    return self.classifier(x), {'features': feats_BhwK}
+    return self.classifier(x)
