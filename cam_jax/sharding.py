@@ -81,12 +81,19 @@ def to_host(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(np.asarray, tree)
 
 
-def sum_across_processes(counts: dict[str, float]) -> dict[str, float]:
-  """Element-wise sum of per-process counters (identity with one process)."""
+def sum_across_processes(counts: dict[str, Any]) -> dict[str, Any]:
+  """Element-wise sum of per-process counters, scalars or arrays (identity with one
+  process). One all-gather of everything, flattened into a float64 vector."""
   if jax.process_count() == 1:
     return counts
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   keys = sorted(counts)
-  summed = multihost_utils.process_allgather(np.asarray([counts[k] for k in keys],
-                                                        np.float64)).sum(0)
-  return dict(zip(keys, summed.tolist()))
+  arrays = [np.asarray(counts[k], np.float64) for k in keys]
+  flat = np.concatenate([a.ravel() for a in arrays])
+  summed = multihost_utils.process_allgather(flat).sum(0)
+  out, start = {}, 0
+  for key, a in zip(keys, arrays):
+    part = summed[start:start + a.size].reshape(a.shape)
+    out[key] = part if a.ndim else float(part)
+    start += a.size
+  return out

@@ -1,6 +1,7 @@
 """The paper's localization protocol on hand-made CAMs, and the report formatting."""
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from cam_jax import evaluate, models, sharding
@@ -79,7 +80,10 @@ class _MLPClassifier(nnx.Module):
 
   def __call__(self, x, train=False):
     feats = nnx.relu(self.conv(x))
-    return self.classifier(feats.reshape(feats.shape[0], -1)), {'features': feats}
+    return self.logits_from_features(feats), {'features': feats}
+
+  def logits_from_features(self, feats, train=False):
+    return self.classifier(feats.reshape(feats.shape[0], -1))
 
 
 def test_fc_classifier_is_evaluated_for_classification_only(tiny_data_dir):
@@ -107,3 +111,78 @@ def test_split_without_boxes_is_scored_for_classification_only(tmp_path):
   assert results['num_images'] == len(expected['splits']['test']['image_ids'])
   assert 0 <= results['cls_top1_error'] <= 1
   assert 'gt_known_loc_accuracy' not in results and 'pictures' not in results
+
+
+def test_wsol_scores_by_hand():
+  """Two 8×8 maps on an 8×8 image (whole-image window, so boxes keep their pixels).
+
+  Image A: a hot 3×3 block at columns 1..3, rows 2..4 (value 1), a warm pixel at (6, 6)
+  (value 0.5), zeros elsewhere; ground truth box (1, 2, 3, 4). Normalised map = itself.
+  At τ <= 0.5 the largest component is still the block (9 pixels against 1): IoU 1 at
+  every τ in (0, 1]; at τ = 0 the mask is the whole image: box (0, 0, 7, 7), IoU 9/64.
+  On the grid 0, 0.25, 0.5, 0.75: MaxBoxAcc = 1 (best τ 0.25, the lowest that hits).
+  Image B: the same map, ground truth (5, 5, 7, 7) around the warm pixel only: the largest
+  component never covers it, IoU <= 1/9 at τ in (0, 0.5]; but V2 scores every component:
+  at τ = 0.25 and 0.5 the warm pixel's own box (6, 6, 6, 6) has IoU 1/9 with the 3×3
+  truth, < 0.3. So V1: 1 hit of 2 -> 0.5; V2 per δ: 0.3: 1/2, 0.5: 1/2, 0.7: 1/2 -> 0.5.
+  PxAP of image A's map with mask = the block: every threshold in (0, 1] keeps the
+  block (precision 1 until the warm pixel joins at τ <= 0.5, when recall is already 1),
+  so AP = 1.
+  """
+  map_hw = np.zeros((8, 8), np.float32)
+  map_hw[2:5, 1:4] = 1.0
+  map_hw[6, 6] = 0.5
+  scores = evaluate.WsolScores(0.25, 0.001, with_masks=True)
+  window = np.array([0, 0, 8, 8], np.float32)
+  mask = map_hw == 1.0
+  scores.add(map_hw, np.array([[1, 2, 3, 4]]), window, (8, 8), mask, np.zeros_like(mask))
+  scores.add(map_hw, np.array([[5, 5, 7, 7]]), window, (8, 8))
+  got = scores.result(scores.state())
+  assert got['max_box_acc'] == 0.5 and got['max_box_acc_threshold'] == 0.25
+  assert got['max_box_acc_v2'] == 0.5
+  assert got['pxap'] == 1.0
+
+
+def test_fc_classifier_is_localized_with_backprop_or_gradcam(tiny_data_dir):
+  config = synthetic_gap.get_config('tiny')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  for method in ('backprop', 'gradcam'):
+    config.eval.saliency = method
+    results = evaluate.evaluate(config, _MLPClassifier(4, rngs=nnx.Rngs(0)),
+                                sharding.make_mesh(), localization=True, num_examples=16)
+    assert results['saliency'] == method
+    for key in ('gt_known_loc_accuracy', 'max_box_acc', 'max_box_acc_v2', 'pxap'):
+      assert 0 <= results[key] <= 1, (method, key)
+
+
+def test_table_puts_the_paper_number_beside_ours():
+  results = {'num_images': 10, 'cls_top1_error': 0.3, 'loc_top1_error': 0.6,
+             'max_box_acc': 0.5}
+  table = evaluate.format_table(results, 'GoogLeNet-GAP').splitlines()
+  assert table[0] == '| metric (10 images) | % | paper (GoogLeNet-GAP) |'
+  assert '| classification top-1 error | 30.00 | 35.00 |' in table
+  assert '| localization top-1 error | 60.00 | 56.40 |' in table
+  assert '| MaxBoxAcc (IoU 0.5) | 50.00 | |' in table  # not in the paper
+  with pytest.raises(ValueError, match='known rows: GoogLeNet-GAP'):
+    evaluate.format_table(results, 'ResNet')
+
+
+def test_heuristic_hit_by_hand():
+  """A 10×10 CAM per class. Class 7's CAM: value 1 on columns 2..3 (rows 2..3), value 0.3 on
+  the ring around them out to columns 1..6, rows 1..6. Tight (0.5 × max) keeps the 2×2
+  core: box (2, 2, 3, 3); loose (0.2 × max) keeps the ring too: box (1, 1, 6, 6).
+  Ground truth (1, 1, 6, 6): only the loose box hits (IoU 1; the tight one has 4/36)."""
+  cam = np.zeros((10, 10), np.float32)
+  cam[1:7, 1:7] = 0.3
+  cam[2:4, 2:4] = 1.0
+  cams = np.stack([np.zeros((10, 10), np.float32), cam, cam])  # ranks 0, 1, 2
+  gt = np.array([[1, 1, 6, 6]])
+  window = np.array([0, 0, 10, 10], np.float32)
+  hit = lambda classes, tight, loose: evaluate.heuristic_hit(
+      np.array(classes), 7, cams, gt, (10, 10), window, tight=tight, loose=loose,
+      iou_threshold=0.5)
+  assert hit([3, 7, 4], 0.5, 0.2)  # the label is 2nd: its loose box hits
+  assert not hit([3, 7, 4], 0.5, 0.5)  # both "loose" and tight keep only the core
+  assert hit([3, 4, 7], 0.5, 0.2)  # 3rd: one loose box, which hits
+  assert not hit([3, 4, 5], 0.5, 0.2)  # the label is not among the top 3

@@ -12,7 +12,8 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FRACTIONS = ['cls_top1_error', 'cls_top5_error', 'loc_top1_error', 'loc_top5_error',
-             'gt_known_loc_accuracy', 'gt_known_mean_iou', 'center_baseline_loc_accuracy']
+             'gt_known_loc_accuracy', 'gt_known_mean_iou', 'center_baseline_loc_accuracy',
+             'max_box_acc', 'max_box_acc_v2']
 
 
 def _run_main(workdir, data_dir, *extra):
@@ -33,6 +34,7 @@ def test_main_trains_evaluates_and_writes_everything(tiny_data_dir, tmp_path):
   for key in FRACTIONS:
     assert 0.0 <= results[key] <= 1.0, (key, results[key])
   assert results['num_images'] == 64  # the tiny test split
+  assert 0 <= results['pxap'] <= 1  # cam_synth has masks
   assert results['step'] == 6 and results['top_k'] == 4  # 4 classes: top-5 is top-4
   # Top-5 is never worse than top-1; localization error is never below classification error.
   assert results['cls_top5_error'] <= results['cls_top1_error']

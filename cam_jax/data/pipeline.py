@@ -3,7 +3,9 @@
 Train batch: `image` (B×S×S×3 float32, normalised), `label` (B,).
 Eval batch: those plus `boxes` (B×M×4 int32, ground truth in the *original* image's
 pixel grid, rows of -1 past `num_boxes`), `num_boxes`, `orig_hw` (B×2), `window` (B×4
-float32) and `index` (position in the split).
+float32) and `index` (position in the split); for datasets with masks, `mask` and
+`ignore` (B×S×S bool: foreground, and pixels PxAP must not score) on the network's input
+grid, through the same window (nearest neighbour, as wsolevaluation resizes masks).
 
 Every transform here is "crop a window of the original image, resize it to S×S": the
 window `(x0, y0, x1, y1)` is in the original's continuous pixel coordinates (pixel i
@@ -69,6 +71,14 @@ def crop_resize(image_HW3: np.ndarray, window_4: np.ndarray, size: int) -> np.nd
   if (height, width) == (size, size) and box == (0.0, 0.0, float(width), float(height)):
     return image_HW3
   return np.asarray(Image.fromarray(image_HW3).resize((size, size), Image.BILINEAR, box=box))
+
+
+def mask_on_input(mask_HW: np.ndarray, window_4: np.ndarray, size: int) -> np.ndarray:
+  """A uint8 mask's window, nearest-neighbour resized to size×size, as bool: foreground
+  where at least half the annotators said so (>= 128; CUB's masks are soft)."""
+  box = tuple(float(v) for v in window_4)
+  resized = Image.fromarray(mask_HW).resize((size, size), Image.NEAREST, box=box)
+  return np.asarray(resized) >= 128
 
 
 def normalize(image_HW3: np.ndarray) -> np.ndarray:
@@ -206,6 +216,7 @@ class EvalPreprocess(grain.transforms.Map):
   max_boxes: int
   crop: str = 'resize'
   resize_shorter: int | None = None  # R; None: S / 0.875, the usual 256 for 224
+  with_masks: bool = False  # decode `segmentation_mask` (and `ignore_mask`) for PxAP
 
   def __post_init__(self):
     if self.crop not in EVAL_CROPS:
@@ -227,7 +238,7 @@ class EvalPreprocess(grain.transforms.Map):
     padded = np.full((self.max_boxes, 4), -1, np.int32)
     padded[:len(boxes)] = boxes
     window = self.window(image.shape[:2])
-    return {
+    out = {
         'image': normalize(crop_resize(image, window, self.image_size)),
         'label': np.int32(ex['label']),
         'boxes': padded,
@@ -236,6 +247,18 @@ class EvalPreprocess(grain.transforms.Map):
         'window': window.astype(np.float32),
         'index': np.int32(index),
     }
+    if self.with_masks:
+      name = example_name(ex, index)
+      for key, field in (('mask', 'segmentation_mask'), ('ignore', 'ignore_mask')):
+        if field in ex:
+          mask = images.decode_mask(bytes(ex[field]), f'{name} ({field})')
+          if mask.shape != image.shape[:2]:
+            raise ValueError(f'{name}: {field} is {mask.shape[1]}×{mask.shape[0]}, the image '
+                             f'{image.shape[1]}×{image.shape[0]}')
+          out[key] = mask_on_input(mask, window, self.image_size)
+        else:
+          out[key] = np.zeros((self.image_size, self.image_size), bool)
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -280,7 +303,8 @@ def train_batches(source, *, image_size: int, process_batch_size: int, seed: int
 
 def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes: int,
                  num_examples: int | None = None, crop: str = 'resize',
-                 resize_shorter: int | None = None, num_threads: int = 4,
+                 resize_shorter: int | None = None, with_masks: bool = False,
+                 num_threads: int = 4,
                  num_workers: int = 0) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """`(batch, num_valid)` over (the first `num_examples` of) a split, in order.
 
@@ -289,7 +313,7 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
   process yields the same number of batches (the jitted step is collective), padding with
   all-invalid batches where its share is shorter.
   """
-  preprocess = EvalPreprocess(image_size, max_boxes, crop, resize_shorter)
+  preprocess = EvalPreprocess(image_size, max_boxes, crop, resize_shorter, with_masks)
   ds = grain.MapDataset.source(source)
   if num_examples is not None:
     ds = ds.slice(slice(0, min(num_examples, len(ds))))
@@ -307,6 +331,9 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
       'window': np.tile(np.float32([0, 0, image_size, image_size]), (process_batch_size, 1)),
       'index': np.zeros((process_batch_size,), np.int32),
   }
+  if with_masks:
+    template['mask'] = np.zeros((process_batch_size, image_size, image_size), bool)
+    template['ignore'] = np.zeros((process_batch_size, image_size, image_size), bool)
   for _ in range(num_batches):
     batch = next(batches, None)
     if batch is None:

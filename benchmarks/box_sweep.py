@@ -1,0 +1,318 @@
+r"""The threshold sweep against labelling, on CAM-like 224 x 224 maps (DESIGN.md §6).
+
+  python benchmarks/box_sweep.py [--maps=20] [--rounds=5] [--interval=0.01] [--numba]
+
+About 30 s as is on 2 cores; `--interval=0.001 --maps=8 --rounds=3` about 1 min.
+
+Maps: a 14 x 14 normal random map upsampled bilinearly to 224 x 224 with half-pixel
+centres (as `cam.class_activation_maps` resizes, `jax.image.resize`), then min-max
+normalised (`boxes.normalize_map`). Thresholds: wsolevaluation's grid
+`np.arange(0, 1, interval)` (100 at 0.01). Times per map, the median over rounds; each
+round times every method over all maps, one after the other, so that load on the
+machine falls on all of them alike:
+
+  (a) one threshold: `largest_component_box(map >= 0.2)` (threshold + scipy labelling);
+  (b) labelling at each τ: (a) for every τ of the grid (what wsolevaluation does);
+  (c) the sweep: `box_sweep.sweep_largest_boxes(map, grid)`;
+  (d) every component's box at each τ by labelling: `ndimage.label` + `find_objects`;
+  (e) the sweep of every component: `box_sweep.sweep_boxes(map, grid)`.
+
+The goal is (c) <= 5 x (a). Before timing, (c) and (e) are checked equal to (b) and
+(d) on every map. `--numba` (numba installed; not a dependency of cam_jax) adds two
+largest-box sweeps compiled with numba, to tell what compiling would buy:
+
+  (f) union-find over the pixels in level order (levels from `box_sweep`);
+  (g) box_sweep's own algorithm with its whole-map passes (levels, ascent pointers,
+      basins, per-basin tables, basin pairs) as numba loops, the rest box_sweep's.
+
+The sweep makes about fifteen map-sized temporaries. Where glibc serves them as fresh
+pages rather than from its heap (it varies from run to run), the page faults add up to
+~0.7 ms per map on the 2-core VM; MALLOC_MMAP_THRESHOLD_=100000000
+MALLOC_TRIM_THRESHOLD_=1000000000 in the environment keeps them on the heap.
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from cam_jax import box_sweep, boxes
+
+_MAPS = flags.DEFINE_integer('maps', 20, 'Number of maps.')
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds; the median is reported.')
+_INTERVAL = flags.DEFINE_float('interval', 0.01, 'Threshold grid step.')
+_SIZE = flags.DEFINE_integer('size', 224, 'Map side.')
+_NUMBA = flags.DEFINE_bool('numba', False, 'Also time a numba union-find (needs numba).')
+
+_EIGHT_CONNECTED = np.ones((3, 3), bool)
+
+
+def upsample(coarse_hw: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize with half-pixel centres and clamped edges, float32 (size, size)."""
+  n = coarse_hw.shape[0]
+  src = np.clip((np.arange(size) + 0.5) * (n / size) - 0.5, 0, n - 1)
+  i0 = np.floor(src).astype(int)
+  i1 = np.minimum(i0 + 1, n - 1)
+  frac = src - i0
+  weights = np.zeros((size, n))
+  weights[np.arange(size), i0] += 1 - frac
+  weights[np.arange(size), i1] += frac
+  return (weights @ coarse_hw @ weights.T).astype(np.float32)
+
+
+def labelled_component_boxes(mask_HW: np.ndarray) -> np.ndarray:
+  labels_HW, num = ndimage.label(mask_HW, structure=_EIGHT_CONNECTED)
+  if num == 0:
+    height, width = mask_HW.shape
+    return np.array([[0, 0, width - 1, height - 1]], np.int32)
+  return np.array([[cols.start, rows.start, cols.stop - 1, rows.stop - 1]
+                   for rows, cols in ndimage.find_objects(labels_HW)], np.int32)
+
+
+def make_numba_sweeps():
+  """(f) and (g): largest box at every τ (non-strict), as functions of (map, grid)."""
+  import numba  # pylint: disable=g-import-not-at-top
+
+  @numba.njit
+  def find(parent, p):
+    while parent[p] != p:
+      parent[p] = parent[parent[p]]
+      p = parent[p]
+    return p
+
+  @numba.njit
+  def sweep_levels(level, height, width, num_levels):
+    n = height * width
+    starts = np.zeros(num_levels + 2, np.int64)
+    for p in range(n):
+      starts[level[p] + 1] += 1
+    for j in range(num_levels + 1):
+      starts[j + 1] += starts[j]
+    order = np.empty(n, np.int64)
+    fill = starts.copy()
+    for p in range(n):
+      order[fill[level[p]]] = p
+      fill[level[p]] += 1
+    parent = np.full(n, -1, np.int64)
+    stats = np.empty((n, 6), np.int64)  # size, x0, y0, x1, y1, first raster index
+    out = np.empty((num_levels, 4), np.int32)
+    best = -1
+    for j in range(num_levels):
+      for k in range(starts[j], starts[j + 1]):
+        p = order[k]
+        y = p // width
+        x = p - y * width
+        parent[p] = p
+        stats[p, 0] = 1
+        stats[p, 1] = x
+        stats[p, 2] = y
+        stats[p, 3] = x
+        stats[p, 4] = y
+        stats[p, 5] = p
+        r = p
+        for yy in range(max(y - 1, 0), min(y + 2, height)):
+          for xx in range(max(x - 1, 0), min(x + 2, width)):
+            q = yy * width + xx
+            if parent[q] < 0:
+              continue
+            rq = find(parent, q)
+            if rq == r:
+              continue
+            if stats[rq, 0] > stats[r, 0]:
+              r, rq = rq, r
+            parent[rq] = r
+            stats[r, 0] += stats[rq, 0]
+            stats[r, 1] = min(stats[r, 1], stats[rq, 1])
+            stats[r, 2] = min(stats[r, 2], stats[rq, 2])
+            stats[r, 3] = max(stats[r, 3], stats[rq, 3])
+            stats[r, 4] = max(stats[r, 4], stats[rq, 4])
+            stats[r, 5] = min(stats[r, 5], stats[rq, 5])
+        # Only the component of the new pixel changed: it is the only challenger.
+        if best >= 0:
+          b = find(parent, best)
+          if stats[r, 0] < stats[b, 0] or (stats[r, 0] == stats[b, 0] and
+                                            stats[r, 5] > stats[b, 5]):
+            r = b
+        best = r
+      if best < 0:
+        out[j] = (0, 0, width - 1, height - 1)
+      else:
+        best = find(parent, best)
+        out[j] = (stats[best, 1], stats[best, 2], stats[best, 3], stats[best, 4])
+    return out
+
+  @numba.njit
+  def basin_passes(values, descending, height, width):
+    n = height * width
+    num_levels = descending.size
+    level = np.empty(n, np.int32)
+    top, bottom = descending[0], descending[num_levels - 1]
+    scale = (num_levels - 1) / (top - bottom) if top > bottom else 0.0
+    for p in range(n):  # a guess from a uniform grid, then exact comparisons
+      v = values[p]
+      j = min(max(int((top - v) * scale + 1.0), 0), num_levels) if scale > 0 else 0
+      while j < num_levels and not v >= descending[j]:
+        j += 1
+      while j > 0 and v >= descending[j - 1]:
+        j -= 1
+      level[p] = j
+    bits = values.view(np.int32)
+    stride = width + 2
+    keys = np.full((height + 2) * stride, -1, np.int64)
+    for p in range(n):
+      y = p // width
+      folded = np.int64(bits[p] ^ ((bits[p] >> 31) & 0x7FFFFFFF)) + (1 << 31)
+      keys[(y + 1) * stride + p - y * width + 1] = (folded << 20) | p
+    pointer = np.empty(n, np.int32)
+    for y in range(height):
+      for x in range(width):
+        best = -1
+        for row in range(y * stride + x, (y + 3) * stride + x, stride):
+          best = max(best, keys[row], keys[row + 1], keys[row + 2])
+        pointer[y * width + x] = best & 0xFFFFF
+    basin = np.zeros(n, np.int32)
+    num_basins = 0
+    for p in range(n):
+      if pointer[p] == p and level[p] < num_levels:
+        num_basins += 1
+        basin[p] = num_basins
+    for p in range(n):
+      if level[p] < num_levels and basin[p] == 0:
+        q = p
+        while basin[q] == 0:
+          q = pointer[q]
+        b, q = basin[q], p
+        while basin[q] == 0:
+          basin[q] = b
+          q = pointer[q]
+    cols = num_basins + 1
+    size = (num_levels + 1) * cols
+    tables = np.empty((5, size), np.int64)
+    tables[0] = 0
+    tables[1] = n
+    tables[2] = 1
+    tables[3] = width
+    tables[4] = 1
+    earliest = np.full(cols * cols, num_levels, np.int64)
+    for p in range(n):
+      y = p // width
+      x = p - y * width
+      c = level[p] * cols + basin[p]
+      tables[0, c] += 1
+      tables[1, c] = min(tables[1, c], p)
+      tables[2, c] = min(tables[2, c], -p)
+      tables[3, c] = min(tables[3, c], x)
+      tables[4, c] = min(tables[4, c], -x)
+      a = basin[p]
+      if a == 0:
+        continue
+      for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        if y + dy < height and 0 <= x + dx < width:
+          q = p + dy * width + dx
+          b = basin[q]
+          if b != 0 and b != a:
+            k = min(a, b) * cols + max(a, b)
+            earliest[k] = min(earliest[k], max(level[p], level[q]))
+    return tables, earliest, num_basins
+
+  def sweep(map_HW, grid_T):
+    values_HW, grid_T = box_sweep._check_inputs(map_HW, grid_T)  # pylint: disable=protected-access
+    num_levels = grid_T.size
+    ascending = np.argsort(grid_T, kind='stable')
+    level_N = num_levels - box_sweep._count_passed(  # pylint: disable=protected-access
+        values_HW.ravel(), grid_T[ascending], False)
+    boxes_L4 = sweep_levels(level_N, *values_HW.shape, num_levels)
+    level_T = np.empty(num_levels, np.intp)
+    level_T[ascending] = np.arange(num_levels - 1, -1, -1)
+    return boxes_L4[level_T]
+
+  def basin_sweep(map_HW, grid_T):
+    # pylint: disable=protected-access
+    values_HW, grid_T = box_sweep._check_inputs(map_HW, grid_T)
+    assert values_HW.dtype == np.float32
+    height, width = values_HW.shape
+    num_levels = grid_T.size
+    ascending = np.argsort(grid_T, kind='stable')
+    tables, earliest, num_basins = basin_passes(values_HW.ravel(), grid_T[ascending][::-1].copy(),
+                                                height, width)
+    pair = np.flatnonzero(earliest < num_levels)
+    join = earliest[pair]
+    order = np.argsort(join, kind='stable')
+    low, high = np.divmod(pair[order], num_basins + 1)
+    order_B, join_B = box_sweep._leaf_order((join[order].tolist(), low.tolist(), high.tolist()),
+                                            num_basins, num_levels)
+    tables = tables.reshape(5, num_levels + 1, num_basins + 1)[:, :num_levels, 1:]
+    np.cumsum(tables[0], axis=0, out=tables[0])
+    np.minimum.accumulate(tables[1:], axis=1, out=tables[1:])
+    largest_L4 = box_sweep._components(tables, order_B, join_B, 0, height * width, width,
+                                       False)[0]
+    largest_L4[(largest_L4 < 0).any(axis=1)] = (0, 0, width - 1, height - 1)
+    level_T = np.empty(num_levels, np.intp)
+    level_T[ascending] = np.arange(num_levels - 1, -1, -1)
+    return largest_L4[level_T]
+
+  return sweep, basin_sweep
+
+
+def main(argv):
+  del argv
+  rng = np.random.default_rng(0)
+  maps = [boxes.normalize_map(upsample(rng.normal(size=(14, 14)), _SIZE.value))
+          for _ in range(_MAPS.value)]
+  grid_T = np.arange(0, 1, _INTERVAL.value)
+
+  methods = {
+      '(a) one threshold (0.2), scipy label': lambda m: boxes.largest_component_box(m >= 0.2),
+      # float(τ): a Python float compares in the map's float32, as box_sweep and
+      # boxes.threshold_mask do; a numpy float64 τ would compare in float64.
+      '(b) labelling at each τ': lambda m: [boxes.largest_component_box(m >= t)
+                                            for t in grid_T.tolist()],
+      '(c) sweep, largest box': lambda m: box_sweep.sweep_largest_boxes(m, grid_T),
+      '(d) labelling at each τ, every component': lambda m: [
+          labelled_component_boxes(m >= t) for t in grid_T.tolist()],
+      '(e) sweep, every component': lambda m: box_sweep.sweep_boxes(m, grid_T),
+  }
+  if _NUMBA.value:
+    union_find_sweep, basin_sweep = make_numba_sweeps()
+    methods['(f) numba union-find, largest box'] = lambda m: union_find_sweep(m, grid_T)
+    methods['(g) numba passes of the sweep, largest box'] = lambda m: basin_sweep(m, grid_T)
+
+  for map_HW in maps:  # exactness first (and warm-up, numba's compile included)
+    swept = box_sweep.sweep_boxes(map_HW, grid_T)
+    np.testing.assert_array_equal(swept.largest_T4, methods['(b) labelling at each τ'](map_HW))
+    for got, want in zip(swept.components,
+                         methods['(d) labelling at each τ, every component'](map_HW)):
+      np.testing.assert_array_equal(got, want)
+    if _NUMBA.value:
+      for name in ('(f) numba union-find, largest box',
+                   '(g) numba passes of the sweep, largest box'):
+        np.testing.assert_array_equal(methods[name](map_HW), swept.largest_T4, err_msg=name)
+
+  times = {name: [] for name in methods}
+  for _ in range(_ROUNDS.value):
+    for name, fn in methods.items():
+      start = time.perf_counter()
+      for map_HW in maps:
+        fn(map_HW)
+      times[name].append((time.perf_counter() - start) / len(maps))
+  per_map = {name: float(np.median(t)) for name, t in times.items()}
+  one = per_map['(a) one threshold (0.2), scipy label']
+
+  print(f'# {_MAPS.value} maps {_SIZE.value}x{_SIZE.value} (14x14 upsampled), '
+        f'{grid_T.size} thresholds, median of {_ROUNDS.value} rounds, '
+        f'{os.cpu_count()} cores, numpy {np.__version__}, {time.strftime("%Y-%m-%d")}')
+  print('| method | ms per map | x (a) |')
+  print('|---|---:|---:|')
+  for name, seconds in per_map.items():
+    print(f'| {name} | {seconds * 1e3:.3f} | {seconds / one:.1f} |')
+  print(f'sweep vs labelling at each τ: largest box {per_map["(b) labelling at each τ"] / per_map["(c) sweep, largest box"]:.1f}x faster, '
+        f'every component {per_map["(d) labelling at each τ, every component"] / per_map["(e) sweep, every component"]:.1f}x faster')
+
+
+if __name__ == '__main__':
+  app.run(main)
