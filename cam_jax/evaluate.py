@@ -352,6 +352,11 @@ def paper_numbers(row: str | None) -> dict[str, float]:
   return numbers
 
 
+# What a saliency baseline adds to eval.json, as `<method>/<key>`: its localization.
+BASELINE_KEYS = ('loc_top1_error', 'loc_top5_error', 'gt_known_loc_accuracy', 'max_box_acc',
+                 'max_box_acc_v2', 'pxap')
+
+
 def format_table(results: dict[str, Any], paper_row: str | None = None) -> str:
   """A small Markdown table of the metrics, in percent; with `paper_row`, the paper's
   number beside ours where it reports one."""
@@ -360,7 +365,10 @@ def format_table(results: dict[str, Any], paper_row: str | None = None) -> str:
   if paper:
     head += f' paper ({paper_row}) |'
   lines = [head, '|---|---:|' + ('---:|' if paper else '')]
-  for key, label in _ROWS:
+  methods = sorted({k.split('/')[0] for k in results if '/' in k})
+  rows = list(_ROWS) + [(f'{m}/{key}', f'{m}: {label}') for m in methods
+                        for key, label in _ROWS if key in BASELINE_KEYS]
+  for key, label in rows:
     if key in results:
       line = f'| {label} | {100 * results[key]:.2f} |'
       if paper:
@@ -381,6 +389,13 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
                      num_pictures=config.eval.num_pictures)
   pictures = results.pop('pictures', [])
   results['step'] = step
+  for method in config.eval.get('baselines', ()):
+    # The same network, its maps from another method, through the same box stage.
+    baseline_config = config.copy_and_resolve_references()
+    baseline_config.eval.saliency = method
+    baseline = evaluate(baseline_config, model, mesh, localization=True,
+                        num_examples=config.eval.get('num_examples'))
+    results.update({f'{method}/{k}': baseline[k] for k in BASELINE_KEYS if k in baseline})
   if jax.process_index() == 0:
     io_utils.atomic_write_json(os.path.join(workdir, 'eval.json'), results)
     for j, picture in enumerate(pictures):

@@ -99,6 +99,9 @@ def get_common() -> ml_collections.ConfigDict:
   config.eval.heuristic_thresholds = (0.5, 0.2)
   # The maps: 'cam', or the baselines 'backprop' (Simonyan et al.) and 'gradcam'.
   config.eval.saliency = 'cam'
+  # Saliency baselines evaluated beside it by --mode=evaluate and at the end of training
+  # (their localization rows, prefixed 'backprop/' or 'gradcam/', in eval.json).
+  config.eval.baselines = ()
   # A row of the paper's Tables 1-2 (evaluate.PAPER_ROWS) printed beside our numbers.
   config.eval.paper_row = ''
   config.eval.box_threshold_step = 0.01  # τ grid of MaxBoxAcc/V2 (Choe et al.: 0.01)

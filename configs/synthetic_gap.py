@@ -35,6 +35,8 @@ def get_config(arg: str | None = None):
   config.optimizer.schedule = 'cosine'
   config.optimizer.warmup_steps = 50
 
+  config.eval.baselines = ('backprop',)  # the paper's "Backprop" rows (Table 2)
+
   config.log_every = 50
   config.eval_every = 200
   config.eval_examples_during_training = 500

@@ -35,6 +35,10 @@ def test_main_trains_evaluates_and_writes_everything(tiny_data_dir, tmp_path):
     assert 0.0 <= results[key] <= 1.0, (key, results[key])
   assert results['num_images'] == 64  # the tiny test split
   assert 0 <= results['pxap'] <= 1  # cam_synth has masks
+  # The backprop baseline (the config's eval.baselines) through the same box stage.
+  for key in ('loc_top1_error', 'gt_known_loc_accuracy', 'max_box_acc', 'pxap'):
+    assert 0 <= results[f'backprop/{key}'] <= 1, key
+  assert '| backprop: GT-known localization accuracy |' in proc.stdout
   assert results['step'] == 6 and results['top_k'] == 4  # 4 classes: top-5 is top-4
   # Top-5 is never worse than top-1; localization error is never below classification error.
   assert results['cls_top5_error'] <= results['cls_top1_error']
