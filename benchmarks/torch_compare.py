@@ -2,8 +2,10 @@ r"""Train step of GoogLeNet-GAP and VGGnet-GAP: cam_jax against the same network
 
   python benchmarks/torch_compare.py [--models=googlenet_gap,vgg16_gap] [--steps=5]
 
-PyTorch is a benchmark-only dependency, never a requirement of the package. Install it
-beside cam_jax, e.g. in a venv that sees the system's packages so that the same jax runs:
+About 3.5 minutes on a quiet 2-core CPU (benchmarks/RESULTS.md, "Train step against
+PyTorch"). PyTorch is a benchmark-only dependency, never a requirement of the package.
+Install it beside cam_jax, e.g. in a venv that sees the system's packages, so that the
+same jax runs:
 
   python -m venv --system-site-packages /tmp/torchvenv
   /tmp/torchvenv/bin/pip install torch
@@ -17,15 +19,21 @@ PyTorch users write it. Both networks get the same weights: the PyTorch copy is 
 the cam_jax model, its parameter count is asserted equal and its logits are checked
 against cam_jax's before anything is timed. Speeds are images/s from the median of
 `--steps` timed steps after `--warmup` untimed ones (the first cam_jax call compiles).
+Torch's OpenMP threads lose far more than XLA's to a second busy process on the same
+cores: compare only runs made on a quiet machine (the header prints the load).
 
-Experiments (DESIGN.md §6 asks for >= 1.0× PyTorch): `XLA_FLAGS` is read by jax at start,
-so set it in the environment; `--dtype=bfloat16` runs cam_jax with bf16 compute
-(`dtype` of the model, parameters stay float32) and PyTorch under CPU autocast to bf16;
-`--jax_layout=NCHW` replaces the cam_jax step by a functional copy of the same network,
-convolving NCHW/OIHW, next to the same copy in NHWC/HWIO (`--jax_layout=NHWC`), to see
-what the layout alone changes.
+Experiments (DESIGN.md §6 asks for >= 1.0× PyTorch):
+- `XLA_FLAGS` is read by jax at start, so set it in the environment.
+- `--dtype=bfloat16` runs cam_jax with bf16 compute (`config.model.dtype`; parameters stay
+  float32) and PyTorch under CPU autocast to bf16.
+- `--jax_layout=NHWC|NCHW` times a functional copy of the same network instead of the
+  cam_jax step (same parameters, loss and optimizer, checked to give the same logits; no
+  dropout), convolving NHWC/HWIO or NCHW/OIHW, to see what the layout alone changes.
+- `--jax_tricks=split_groups,dw_taps` (with `--jax_layout=NHWC`) rewrites that copy's
+  convolutions: the grouped CAM conv as one convolution per group, and kernel gradients
+  as one matmul per kernel tap (`_kernel_grad_by_taps`) instead of XLA's
+  kernel-gradient convolution.
 """
-
 import functools
 import os
 import sys
@@ -320,11 +328,11 @@ def measure(name: str) -> dict:
   config.optimizer.learning_rate = LEARNING_RATE
   config.optimizer.momentum = MOMENTUM
   config.optimizer.weight_decay = WEIGHT_DECAY
-  if _DTYPE.value == 'bfloat16':
-    config.model.kwargs.dtype = jnp.bfloat16
+  config.model.dtype = _DTYPE.value
   mesh = sharding.make_mesh(jax.devices()[:1])
   graphdef, state = train.create_train_state(config, _NUM_CLASSES.value)
   model = nnx.merge(graphdef, state)[0]
+  assert model.head.dtype == jdtype, (model.head.dtype, jdtype)
   jax_params = layers.num_params(model)
 
   rng = np.random.default_rng(0)
@@ -342,7 +350,8 @@ def measure(name: str) -> dict:
     logits_t = net(x_t).numpy()
   logits_j = np.asarray(model(jnp.asarray(images_np), train=False)[0])
   err = float(np.max(np.abs(logits_t - logits_j)) / (np.max(np.abs(logits_j)) + 1e-12))
-  assert err < 1e-3, (name, err)
+  tol = 1e-3 if _DTYPE.value == 'float32' else 5e-2
+  assert err < tol, (name, err)
   # The train step donates the state: the forward keeps its own copy of the model.
   m_graphdef, m_state = nnx.split(model)
   m_state = jax.tree.map(jnp.copy, m_state)
@@ -370,7 +379,7 @@ def measure(name: str) -> dict:
     logits_f = jax.jit(functools.partial(functional_forward, name, layout=_JAX_LAYOUT.value,
                                          dtype=jnp.float32))(carry[0], images_j)
     err_f = float(np.max(np.abs(np.asarray(logits_f) - logits_j)) / np.max(np.abs(logits_j)))
-    assert err_f < 1e-3, (name, err_f)
+    assert err_f < tol, (name, err_f)
     labels_j = jnp.asarray(labels_np.astype(np.int32))
     holder = [carry]
 
