@@ -382,14 +382,16 @@ def format_brief(results: dict[str, Any]) -> str:
 
 
 def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
-                        mesh: jax.sharding.Mesh, workdir: str, *, step: int) -> dict[str, Any]:
-  """Full evaluation: eval.json, the printed table and the CAM pictures in workdir/cams/."""
+                        mesh: jax.sharding.Mesh, workdir: str, *, step: int,
+                        baselines: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Full evaluation: eval.json, the printed table and the CAM pictures in workdir/cams/;
+  with `baselines` (saliency methods), their localization rows beside CAM's."""
   results = evaluate(config, model, mesh, localization=True,
                      num_examples=config.eval.get('num_examples'),
                      num_pictures=config.eval.num_pictures)
   pictures = results.pop('pictures', [])
   results['step'] = step
-  for method in config.eval.get('baselines', ()):
+  for method in baselines:
     # The same network, its maps from another method, through the same box stage.
     baseline_config = config.copy_and_resolve_references()
     baseline_config.eval.saliency = method

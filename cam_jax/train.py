@@ -423,4 +423,5 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   mesh = sharding.make_mesh()
   _, info = data_lib.load_source(config.data, config.data.eval_split)
   model, step = restore_model(config, workdir, mesh, info.num_classes)
-  return evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=step)
+  return evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=step,
+                                         baselines=tuple(config.eval.get('baselines', ())))

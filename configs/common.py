@@ -99,8 +99,8 @@ def get_common() -> ml_collections.ConfigDict:
   config.eval.heuristic_thresholds = (0.5, 0.2)
   # The maps: 'cam', or the baselines 'backprop' (Simonyan et al.) and 'gradcam'.
   config.eval.saliency = 'cam'
-  # Saliency baselines evaluated beside it by --mode=evaluate and at the end of training
-  # (their localization rows, prefixed 'backprop/' or 'gradcam/', in eval.json).
+  # Saliency baselines that --mode=evaluate scores beside it (their localization rows,
+  # prefixed 'backprop/' or 'gradcam/', in eval.json); not at the end of training.
   config.eval.baselines = ()
   # A row of the paper's Tables 1-2 (evaluate.PAPER_ROWS) printed beside our numbers.
   config.eval.paper_row = ''

@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
   config.optimizer.schedule = 'cosine'
   config.optimizer.warmup_steps = 50
 
-  config.eval.baselines = ('backprop',)  # the paper's "Backprop" rows (Table 2)
+  config.eval.baselines = ('backprop',)  # --mode=evaluate: the paper's "Backprop" rows
 
   config.log_every = 50
   config.eval_every = 200
