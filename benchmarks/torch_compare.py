@@ -2,7 +2,7 @@ r"""Train step of GoogLeNet-GAP and VGGnet-GAP: cam_jax against the same network
 
   python benchmarks/torch_compare.py [--models=googlenet_gap,vgg16_gap] [--steps=5]
 
-About 3.5 minutes on a quiet 2-core CPU (benchmarks/RESULTS.md, "Train step against
+About 3 to 5 minutes on a quiet 2-core CPU (benchmarks/RESULTS.md, "Train step against
 PyTorch"). PyTorch is a benchmark-only dependency, never a requirement of the package.
 Install it beside cam_jax, e.g. in a venv that sees the system's packages, so that the
 same jax runs:
@@ -29,10 +29,11 @@ Experiments (DESIGN.md §6 asks for >= 1.0× PyTorch):
 - `--jax_layout=NHWC|NCHW` times a functional copy of the same network instead of the
   cam_jax step (same parameters, loss and optimizer, checked to give the same logits; no
   dropout), convolving NHWC/HWIO or NCHW/OIHW, to see what the layout alone changes.
-- `--jax_tricks=split_groups,dw_taps` (with `--jax_layout=NHWC`) rewrites that copy's
-  convolutions: the grouped CAM conv as one convolution per group, and kernel gradients
-  as one matmul per kernel tap (`_kernel_grad_by_taps`) instead of XLA's
-  kernel-gradient convolution.
+- `--jax_tricks=split_groups,dw_taps,pool_taps` (with `--jax_layout=NHWC`) rewrites
+  that copy: the grouped CAM conv as one convolution per group; kernel gradients as one
+  matmul per kernel tap (`_kernel_grad_by_taps`) instead of XLA's kernel-gradient
+  convolution; max-pool gradients one window tap at a time (`_max_pool_taps_bwd`)
+  instead of XLA:CPU's argmax reduce-window and scatter.
 """
 import functools
 import os
@@ -71,7 +72,8 @@ _JAX_LAYOUT = flags.DEFINE_enum(
     'Experiment: time a functional copy of the network in this layout instead of the '
     'cam_jax step (default: the cam_jax step).')
 _JAX_TRICKS = flags.DEFINE_list(
-    'jax_tricks', [], 'Experiment, with --jax_layout: split_groups and/or dw_taps (NHWC).')
+    'jax_tricks', [],
+    'Experiment, with --jax_layout: split_groups, dw_taps (NHWC), pool_taps (NHWC).')
 
 WEIGHT_DECAY, MOMENTUM, LEARNING_RATE = 5e-4, 0.9, 1e-3
 
@@ -155,7 +157,8 @@ def _jax_layers(model):
 
 
 def torch_copy(name: str, model) -> nn.Module:
-  """The PyTorch network with the cam_jax model's weights (HWIO → OIHW, (in, out) → (out, in))."""
+  """The PyTorch network with the cam_jax model's weights: kernels HWIO → OIHW, dense
+  (in, out) → (out, in)."""
   cam_groups = model.cam_conv.conv.feature_group_count
   net = TORCH_MODELS[name](_NUM_CLASSES.value, cam_groups, model.dropout.rate)
   t_layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -167,7 +170,7 @@ def torch_copy(name: str, model) -> nn.Module:
       w = w.transpose(3, 2, 0, 1) if w.ndim == 4 else w.T
       assert t.weight.shape == w.shape, (t, w.shape)
       t.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-      t.bias.copy_(torch.from_numpy(np.asarray(j.bias[...])))
+      t.bias.copy_(torch.from_numpy(np.array(j.bias[...])))
   return net
 
 
@@ -215,13 +218,59 @@ def _conv_taps_bwd(stride, padding, residuals, g):
 _conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
 
 
+def _max_pool(x_BHWC, window, stride, pads):
+  return jax.lax.reduce_window(x_BHWC, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                               (1, stride, stride, 1), ((0, 0), *pads, (0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_taps(x_BHWC, window, stride, pads):
+  return _max_pool(x_BHWC, window, stride, pads)
+
+
+def _max_pool_taps_fwd(x, window, stride, pads):
+  y = _max_pool(x, window, stride, pads)
+  return y, (x, y)
+
+
+def _max_pool_taps_bwd(window, stride, pads, residuals, g_BhwC):
+  """The max pool's gradient one window tap at a time: each output's gradient goes to the
+  first tap (in row-major window order) that holds the max, as XLA's own gradient does,
+  added back at that tap's input positions. XLA:CPU instead runs an argmax reduce-window
+  over four full-size index arrays (iotas) and a scatter."""
+  x, y = residuals
+  B, _, _, C = x.shape
+  _, h, w, _ = y.shape
+  (top, bottom), (left, right) = pads
+  x_p = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
+  Hp, Wp = x_p.shape[1:3]
+  taken = jnp.zeros(y.shape, bool)
+  dx_p = jnp.zeros(x_p.shape, g_BhwC.dtype)
+  zero = jnp.zeros((), g_BhwC.dtype)
+  for i in range(window):
+    for j in range(window):
+      x_tap = jax.lax.slice(x_p, (0, i, j, 0), (B, i + (h - 1) * stride + 1,
+                                                j + (w - 1) * stride + 1, C),
+                            (1, stride, stride, 1))
+      chosen = (x_tap == y) & ~taken
+      taken = taken | chosen
+      dx_p = dx_p + jax.lax.pad(jnp.where(chosen, g_BhwC, zero), zero, (
+          (0, 0, 0), (i, Hp - i - (h - 1) * stride - 1, stride - 1),
+          (j, Wp - j - (w - 1) * stride - 1, stride - 1), (0, 0, 0)))
+  return (dx_p[:, top:Hp - bottom, left:Wp - right],)
+
+
+_max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
+
+
 def functional_forward(name: str, params, images, layout: str, dtype, tricks=()):
   """The same network as cam_jax's, as free functions over `params` (a list of
   (kernel, bias) in forward order, kernels HWIO for NHWC and OIHW for NCHW).
 
   `tricks`: 'split_groups' convolves each group on its own and concatenates (XLA:CPU
   otherwise runs a grouped convolution far slower than its groups apart); 'dw_taps'
-  computes kernel gradients with `_kernel_grad_by_taps` (NHWC only).
+  computes kernel gradients with `_kernel_grad_by_taps`; 'pool_taps' takes max pooling
+  gradients from `_max_pool_taps_bwd` (both NHWC only).
   """
   c = 1 if layout == 'NCHW' else 3  # channel axis
   spatial = (2, 3) if layout == 'NCHW' else (1, 2)
@@ -258,6 +307,8 @@ def functional_forward(name: str, params, images, layout: str, dtype, tricks=())
         out -= 1
       pads[ax] = (padding, max(padding, (out - 1) * stride + window - size - padding))
       dims[ax], strides[ax] = window, stride
+    if 'pool_taps' in tricks:
+      return _max_pool_taps(x, window, stride, tuple(pads[1:3]))
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, pads)
 
   def lrn(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
@@ -437,10 +488,11 @@ def main(argv):
   del argv
   torch.set_num_threads(_TORCH_THREADS.value)
   load = os.getloadavg()
-  unknown = set(_JAX_TRICKS.value) - {'split_groups', 'dw_taps'}
-  if unknown or (_JAX_TRICKS.value and not _JAX_LAYOUT.value) or (
-      'dw_taps' in _JAX_TRICKS.value and _JAX_LAYOUT.value == 'NCHW'):
-    raise app.UsageError('--jax_tricks: split_groups, dw_taps (NHWC only), with --jax_layout')
+  tricks = set(_JAX_TRICKS.value)
+  if (tricks - {'split_groups', 'dw_taps', 'pool_taps'} or (tricks and not _JAX_LAYOUT.value)
+      or (tricks & {'dw_taps', 'pool_taps'} and _JAX_LAYOUT.value == 'NCHW')):
+    raise app.UsageError('--jax_tricks: split_groups, dw_taps (NHWC), pool_taps (NHWC); '
+                         'with --jax_layout')
   experiment = (f'functional copy, {_JAX_LAYOUT.value} {"+".join(_JAX_TRICKS.value)}'
                 if _JAX_LAYOUT.value
                 else 'train.make_train_step')
