@@ -152,26 +152,25 @@ class WsolScores:
       self.pxap.update(norm_hw, mask_hw, ignore_hw)
 
   def state(self) -> dict[str, Any]:
-    out = {f'box_{k}': v for k, v in self.box_acc.state().items()}
-    out.update({f'box_v2_{k}': v for k, v in self.box_acc_v2.state().items()})
-    if self.pxap is not None:
-      out.update({f'pxap_{k}': v for k, v in self.pxap.state().items()})
-    return out
+    """Every counter as `<accumulator>/<name>`, flat, for one sum across processes."""
+    parts = {'box': self.box_acc, 'box_v2': self.box_acc_v2, 'pxap': self.pxap}
+    return {f'{part}/{k}': v for part, acc in parts.items() if acc is not None
+            for k, v in acc.state().items()}
 
   def result(self, summed_state: dict[str, Any]) -> dict[str, Any]:
     """The metrics from the state summed over processes."""
-    def part(prefix):
-      return {k[len(prefix):]: v for k, v in summed_state.items() if k.startswith(prefix)
-              and not k.startswith(prefix + 'v2_')}
+    def part(name):
+      return {k.split('/', 1)[1]: v for k, v in summed_state.items()
+              if k.split('/', 1)[0] == name}
     out = {}
-    if summed_state['box_num_images']:
-      box = metrics_lib.BoxAccuracy.from_state(part('box_'), self.thresholds_T, (0.5,)).result()
-      v2 = metrics_lib.BoxAccuracy.from_state(part('box_v2_'), self.thresholds_T).result()
+    if summed_state['box/num_images']:
+      box = metrics_lib.BoxAccuracy.from_state(part('box'), self.thresholds_T, (0.5,)).result()
+      v2 = metrics_lib.BoxAccuracy.from_state(part('box_v2'), self.thresholds_T).result()
       out.update({'max_box_acc': box['max_box_acc'],
                   'max_box_acc_threshold': float(box['best_threshold_D'][0]),
                   'max_box_acc_v2': v2['max_box_acc_v2']})
-    if self.pxap is not None and summed_state['pxap_num_images']:
-      out['pxap'] = metrics_lib.PixelAP.from_state(part('pxap_'),
+    if self.pxap is not None and summed_state['pxap/num_images']:
+      out['pxap'] = metrics_lib.PixelAP.from_state(part('pxap'),
                                                    self.pxap.thresholds_T).result()['pxap']
     return out
 

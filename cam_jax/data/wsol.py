@@ -231,6 +231,15 @@ def _same_aspect(mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
   return abs(mw * ih - mh * iw) <= max(mh, mw, ih, iw)
 
 
+
+def _read_file(path: str, what: str, hint: str) -> bytes:
+  """The bytes of `path`; a missing file names what it is and where ids resolve."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{what} {path} not found ({hint})') from None
+
 class WsolSource:
   """The examples of one split of a WSOL folder, read at access (picklable for grain)."""
 
@@ -280,12 +289,8 @@ class WsolSource:
     i %= len(self)
     image_id = self.image_ids[i]
     path = os.path.join(self.image_dir, image_id)
-    try:
-      with open(path, 'rb') as f:
-        data = f.read()
-    except FileNotFoundError:
-      raise FileNotFoundError(f'{self._name(image_id)}: image file {path} not found '
-                              '(image ids resolve to image_root/<DATASET>/<image_id>)') from None
+    data = _read_file(path, f'{self._name(image_id)}: image file',
+                      'image ids resolve to image_root/<DATASET>/<image_id>')
     example = {
         'image': data,
         'label': self.labels[i],
@@ -315,12 +320,8 @@ class WsolSource:
 
   def _read_mask(self, image_id: str, mask_path: str, image_hw: tuple[int, int]) -> np.ndarray:
     path = os.path.join(self.mask_dir, mask_path)
-    try:
-      with open(path, 'rb') as f:
-        data = f.read()
-    except FileNotFoundError:
-      raise FileNotFoundError(f'{self._name(image_id)}: mask file {path} not found (mask '
-                              'paths resolve to mask_root/<DATASET>/<mask_path>)') from None
+    data = _read_file(path, f'{self._name(image_id)}: mask file',
+                      'mask paths resolve to mask_root/<DATASET>/<mask_path>')
     mask = images.decode_mask(data, path) > 0
     if mask.shape != image_hw:
       if not _same_aspect(mask.shape, image_hw):
