@@ -1,23 +1,27 @@
 """Classification and localization metrics over a dataset split (DESIGN.md §5).
 
-Device side (one jitted pass per batch): logits, the top-k classes and the CAMs of those
-classes and of the ground-truth class at the network's input size. Host side: the paper
-box of each CAM, mapped back to the original image's pixel grid, and IoU with every
-ground-truth box there.
+Device side (one jitted pass per batch, `make_predict_fn`): logits, the top-k classes and
+the maps of those classes and of the label at the maps' own resolution (a CAM's h×w
+feature grid). Host side (`cam_jax.box_stage`, on every host core, while the device runs
+the next batch): the boxes, on the original image through the eval window's inverse, and
+the counts. The centre baseline and classification are counted here.
 
 Metrics (fractions in [0, 1]):
 - `cls_top{1,5}_error`: the label is not among the top 1 / 5 classes.
 - `loc_top{1,5}_error`: the paper's protocol: an image is correct at top-k if one of its
-  top k classes is the label and that class's box has IoU >= `iou_threshold` with some
-  ground-truth box.
-- `gt_known_loc_accuracy`: the box of the ground-truth class's CAM has IoU >= threshold.
+  top k classes is the label and that class's box (its map resized to the original
+  image, `>= cam_threshold * max`, largest component) has IoU >= `iou_threshold` with
+  some ground-truth box. `loc_top5_error_heuristic`: the same with the paper's five-box
+  test heuristic (tight and loose boxes, `eval.heuristic_thresholds`).
+- `gt_known_loc_accuracy`: the box of the ground-truth class's map has IoU >= threshold.
 - `center_baseline_loc_accuracy`: a box of the split's mean ground-truth size (relative
   to the image), centred in the image, has IoU >= threshold; class-agnostic.
 - `max_box_acc`, `max_box_acc_v2` (Choe et al., CVPR 2020; `cam_jax.metrics`): the
-  ground-truth class's map, min-max normalised, thresholded at every τ of a grid (step
-  `eval.box_threshold_step`); MaxBoxAcc scores the largest component's box at IoU 0.5,
-  MaxBoxAccV2 the best of every component's box at IoU 0.3, 0.5 and 0.7, each at its own
-  best τ. Boxes come from `box_sweep` (one pass per map, identical to labelling at each τ).
+  ground-truth class's map on the network's input grid, min-max normalised, thresholded
+  at every τ of a grid (step `eval.box_threshold_step`); MaxBoxAcc scores the largest
+  component's box at IoU 0.5, MaxBoxAccV2 the best of every component's box at IoU 0.3,
+  0.5 and 0.7, each at its own best τ. Boxes come from `box_sweep` (one pass per map,
+  identical to labelling at each τ) and are scored in the original image.
 - `pxap` (datasets with masks): average precision of the normalised map's pixels against
   the foreground mask on the network's input grid, ignore pixels left out.
 
@@ -37,142 +41,47 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from cam_jax import box_sweep
+from cam_jax import box_stage
 from cam_jax import boxes as boxes_lib
 from cam_jax import cam as cam_lib
 from cam_jax import data as data_lib
 from cam_jax import io_utils
-from cam_jax import metrics as metrics_lib
 from cam_jax import models
 from cam_jax import saliency as saliency_lib
 from cam_jax import sharding
 from cam_jax import viz
+from cam_jax import windows
 from cam_jax.data import pipeline
 
 
 def make_predict_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, top_k: int,
-                    cam_hw: tuple[int, int] | None, saliency: str = 'cam') -> Callable:
+                    saliency: str | None = 'cam', map_hw: tuple[int, int] | None = None
+                    ) -> Callable:
   """`predict(state, images_BHWC, labels_B) -> dict`, jitted over the mesh.
 
-  The dict holds `logits_BC`, `classes_Bk` (top k, best first) and, with `cam_hw`,
-  `cams_BThw` for T = k + 1 classes: the top k, then the label (for GT-known
-  localization): CAMs, or the maps of `saliency` ('backprop', 'gradcam').
+  The dict holds `logits_BC`, `classes_Bk` (top k, best first) and, unless `saliency` is
+  None (classification only), `maps_BThw` for T = k + 1 classes: the top k, then the
+  label (for GT-known localization): CAMs, or the maps of `saliency` ('backprop',
+  'gradcam'), at `map_hw` (default: their own resolution; bilinear).
   """
-  maps_method = saliency_lib.get_saliency(saliency)
+  maps_method = saliency_lib.get_saliency(saliency) if saliency else None
 
   def predict(state, images_BHWC, labels_B):
     model = nnx.merge(graphdef, state)
-    if cam_hw is None:
+    if maps_method is None:
       logits_BC, _ = model(images_BHWC, train=False)
     else:
-      logits_BC, maps_fn = maps_method(model, images_BHWC, cam_hw)
+      logits_BC, maps_fn = maps_method(model, images_BHWC, map_hw)
     classes_Bk = cam_lib.top_k_classes(logits_BC, top_k)
     out = {'logits_BC': logits_BC.astype(jnp.float32), 'classes_Bk': classes_Bk}
-    if cam_hw is not None:
+    if maps_method is not None:
       class_ids_BT = jnp.concatenate([classes_Bk, labels_B[:, None].astype(jnp.int32)], 1)
-      out['cams_BThw'] = maps_fn(class_ids_BT)
+      out['maps_BThw'] = maps_fn(class_ids_BT).astype(jnp.float32)
     return out
 
   batch = sharding.batch_sharding(mesh)
   return jax.jit(predict, in_shardings=(sharding.replicated(mesh), batch, batch),
                  out_shardings=batch)
-
-
-def score_localization(classes_k: np.ndarray, label: int, cams_Thw: np.ndarray,
-                       gt_M4: np.ndarray, orig_hw: tuple[int, int], *, cam_threshold: float,
-                       iou_threshold: float,
-                       window_4: np.ndarray | None = None
-                       ) -> tuple[bool, bool, bool, float, np.ndarray]:
-  """The paper's protocol for one image.
-
-  `cams_Thw` holds the CAMs of the top k classes `classes_k` (best first) and, last, of
-  the label, on the network's square input grid, which shows `window_4` of the original
-  image (default: all of it). Each is turned into a paper box, mapped to the original
-  `orig_hw` grid, and compared with the ground-truth boxes `gt_M4` there (boxes
-  `(x0, y0, x1, y1)`, inclusive corners).
-
-  Returns `(top1_correct, topk_correct, gt_known_correct, gt_known_iou, boxes_T4)`.
-  """
-  size = cams_Thw.shape[-1]
-  if window_4 is None:
-    window_4 = pipeline.whole_window(orig_hw)
-  boxes_T4 = pipeline.boxes_to_original(boxes_lib.paper_boxes(cams_Thw, cam_threshold),
-                                        window_4, size, orig_hw)
-  ious_T = boxes_lib.iou(boxes_T4, gt_M4).max(1) if len(gt_M4) else np.zeros(len(boxes_T4))
-  good_k = (np.asarray(classes_k) == label) & (ious_T[:-1] >= iou_threshold)
-  return (bool(good_k[0]), bool(good_k.any()), bool(ious_T[-1] >= iou_threshold),
-          float(ious_T[-1]), boxes_T4)
-
-
-def heuristic_hit(classes_k: np.ndarray, label: int, cams_Thw: np.ndarray, gt_M4: np.ndarray,
-                  orig_hw: tuple[int, int], window_4: np.ndarray, *, tight: float,
-                  loose: float, iou_threshold: float) -> bool:
-  """The paper's test heuristic (Sec. 3.2, Table 3): five guesses, a tight and a loose box
-  for each of the top 2 classes and a loose box for the 3rd (thresholds: fractions of
-  each CAM's max). Correct when a guess has the label and IoU >= `iou_threshold` with a
-  ground-truth box. The paper does not give the two thresholds; they are configuration.
-  """
-  guesses = [(0, tight), (0, loose), (1, tight), (1, loose), (2, loose)]
-  for rank, threshold in guesses:
-    if rank >= len(classes_k) or classes_k[rank] != label:
-      continue
-    box = pipeline.boxes_to_original(boxes_lib.paper_box(cams_Thw[rank], threshold)[None],
-                                     window_4, cams_Thw.shape[-1], orig_hw)
-    if len(gt_M4) and boxes_lib.iou(box, gt_M4).max() >= iou_threshold:
-      return True
-  return False
-
-
-class WsolScores:
-  """MaxBoxAcc, MaxBoxAccV2 and PxAP of the ground-truth class's maps, streamed: counts
-  per threshold are accumulated, so no map outlives its batch."""
-
-  def __init__(self, box_threshold_step: float, pxap_threshold_step: float, with_masks: bool):
-    self.thresholds_T = metrics_lib.threshold_grid(box_threshold_step)
-    self.box_acc = metrics_lib.BoxAccuracy(self.thresholds_T, iou_thresholds=(0.5,))
-    self.box_acc_v2 = metrics_lib.BoxAccuracy(self.thresholds_T)
-    self.pxap = (metrics_lib.PixelAP(metrics_lib.threshold_grid(pxap_threshold_step))
-                 if with_masks else None)
-
-  def add(self, map_hw: np.ndarray, gt_M4: np.ndarray, window_4: np.ndarray,
-          orig_hw: tuple[int, int], mask_hw: np.ndarray | None = None,
-          ignore_hw: np.ndarray | None = None) -> None:
-    """One image: its label's map on the input grid, ground truth in the original grid."""
-    norm_hw = boxes_lib.normalize_map(map_hw)
-    if len(gt_M4):
-      sweep = box_sweep.sweep_boxes(norm_hw, self.thresholds_T)
-      size = map_hw.shape[-1]
-      to_orig = lambda b: pipeline.boxes_to_original(b, window_4, size, orig_hw)
-      largest_T4 = to_orig(sweep.largest_T4)
-      ious_T = boxes_lib.iou(largest_T4, gt_M4).max(1)
-      ious_v2_T = np.array([boxes_lib.iou(to_orig(c), gt_M4).max() for c in sweep.components])
-      self.box_acc.update(ious_T[None])
-      self.box_acc_v2.update(ious_v2_T[None])
-    if self.pxap is not None and mask_hw is not None and mask_hw.any():
-      self.pxap.update(norm_hw, mask_hw, ignore_hw)
-
-  def state(self) -> dict[str, Any]:
-    """Every counter as `<accumulator>/<name>`, flat, for one sum across processes."""
-    parts = {'box': self.box_acc, 'box_v2': self.box_acc_v2, 'pxap': self.pxap}
-    return {f'{part}/{k}': v for part, acc in parts.items() if acc is not None
-            for k, v in acc.state().items()}
-
-  def result(self, summed_state: dict[str, Any]) -> dict[str, Any]:
-    """The metrics from the state summed over processes."""
-    def part(name):
-      return {k.split('/', 1)[1]: v for k, v in summed_state.items()
-              if k.split('/', 1)[0] == name}
-    out = {}
-    if summed_state['box/num_images']:
-      box = metrics_lib.BoxAccuracy.from_state(part('box'), self.thresholds_T, (0.5,)).result()
-      v2 = metrics_lib.BoxAccuracy.from_state(part('box_v2'), self.thresholds_T).result()
-      out.update({'max_box_acc': box['max_box_acc'],
-                  'max_box_acc_threshold': float(box['best_threshold_D'][0]),
-                  'max_box_acc_v2': v2['max_box_acc_v2']})
-    if self.pxap is not None and summed_state['pxap/num_images']:
-      out['pxap'] = metrics_lib.PixelAP.from_state(part('pxap'),
-                                                   self.pxap.thresholds_T).result()['pxap']
-    return out
 
 
 def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sharding.Mesh,
@@ -181,14 +90,13 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
   """Metrics of `model` on `config.data.eval_split` (see the module docstring).
 
   With `num_pictures`, the result holds under `'pictures'` that many figures (uint8
-  arrays) of the first images: the image, the CAM of the predicted class as an overlay,
+  arrays) of the first images: the image, the map of the predicted class as an overlay,
   ground truth boxes in green and the predicted box in red.
   """
   ev = config.eval
   source, info = data_lib.load_source(config.data, config.data.eval_split)
   names = list(info.class_names)
-  num_classes = info.num_classes
-  top_k = min(ev.top_k, num_classes)
+  top_k = min(ev.top_k, info.num_classes)
   size = config.data.image_size
   method = ev.get('saliency', 'cam')
   if localization and method == 'cam' and models.cam_weights(model) is None:
@@ -198,61 +106,55 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
     localization = False
   graphdef, state = nnx.split(model)
   predict = make_predict_fn(graphdef, mesh, top_k=top_k,
-                            cam_hw=(size, size) if localization else None, saliency=method)
-  wsol = WsolScores(ev.get('box_threshold_step', 0.01), ev.get('pxap_threshold_step', 0.001),
-                    info.has_masks) if localization else None
+                            saliency=method if localization else None)
+  with_masks = localization and info.has_masks
+  params = box_stage.BoxParams.from_config(ev, size, with_masks)
+  stage = box_stage.BoxStage(params, ev.get('box_workers', -1)) if localization else None
   process_batch = sharding.check_batch_size(ev.batch_size, mesh, 'eval.batch_size')
 
-  counts = dict.fromkeys(['num_images', 'cls_top1', 'cls_top5', 'loc_top1', 'loc_top5',
-                          'loc_heuristic', 'gt_known', 'gt_known_iou', 'rel_h', 'rel_w',
-                          'num_gt'], 0.0)
-  tight, loose = ev.get('heuristic_thresholds', (0.5, 0.2))
+  counts = dict.fromkeys(['num_images', 'cls_top1', 'cls_top5', 'rel_h', 'rel_w', 'num_gt'],
+                         0.0)
   gt = []  # (orig_hw, boxes) per image, for the centre baseline once the mean size is known
   pictures = []
-  for batch, n in pipeline.eval_batches(source, image_size=size, process_batch_size=process_batch,
-                                        max_boxes=config.data.max_boxes,
-                                        num_examples=num_examples,
-                                        crop=config.data.eval_crop,
-                                        resize_shorter=config.data.eval_resize_shorter,
-                                        with_masks=localization and info.has_masks,
-                                        num_threads=config.data.num_threads,
-                                        num_workers=config.data.num_workers):
-    arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
-    out = sharding.to_host(predict(state, arrays['image'], arrays['label']), mesh)
-    labels_B = batch['label'][:n]
-    classes_Bk = out['classes_Bk'][:n]
-    hit_Bk = classes_Bk == labels_B[:, None]
-    counts['num_images'] += n
-    counts['cls_top1'] += hit_Bk[:, 0].sum()
-    counts['cls_top5'] += hit_Bk.any(1).sum()
-    if not localization:
-      continue
-    for i in range(n):
-      orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
-      gt_M4 = batch['boxes'][i, :batch['num_boxes'][i]]
-      gt.append((orig_hw, gt_M4))
-      counts['rel_h'] += ((gt_M4[:, 3] - gt_M4[:, 1] + 1) / orig_hw[0]).sum()
-      counts['rel_w'] += ((gt_M4[:, 2] - gt_M4[:, 0] + 1) / orig_hw[1]).sum()
-      counts['num_gt'] += len(gt_M4)
-      top1, topk, gt_known, gt_iou, boxes_T4 = score_localization(
-          classes_Bk[i], labels_B[i], out['cams_BThw'][i], gt_M4, orig_hw,
-          cam_threshold=ev.cam_threshold, iou_threshold=ev.iou_threshold,
-          window_4=batch['window'][i])
-      wsol.add(out['cams_BThw'][i, -1], gt_M4, batch['window'][i], orig_hw,
-               batch['mask'][i] if 'mask' in batch else None,
-               batch['ignore'][i] if 'ignore' in batch else None)
-      counts['loc_top1'] += top1
-      counts['loc_top5'] += topk
-      counts['loc_heuristic'] += heuristic_hit(
-          classes_Bk[i], labels_B[i], out['cams_BThw'][i], gt_M4, orig_hw, batch['window'][i],
-          tight=tight, loose=loose, iou_threshold=ev.iou_threshold)
-      counts['gt_known'] += gt_known
-      counts['gt_known_iou'] += gt_iou
-      if len(pictures) < num_pictures and jax.process_index() == 0:
-        pictures.append(_picture(batch, i, out, boxes_T4, names, size))
+  batches = pipeline.eval_batches(source, image_size=size, process_batch_size=process_batch,
+                                  max_boxes=config.data.max_boxes, num_examples=num_examples,
+                                  crop=config.data.eval_crop,
+                                  resize_shorter=config.data.eval_resize_shorter,
+                                  with_masks=with_masks, num_threads=config.data.num_threads,
+                                  num_workers=config.data.num_workers)
+  try:
+    for batch, n in batches:
+      arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
+      out = sharding.to_host(predict(state, arrays['image'], arrays['label']), mesh)
+      labels_B = batch['label'][:n]
+      hit_Bk = out['classes_Bk'][:n] == labels_B[:, None]
+      counts['num_images'] += n
+      counts['cls_top1'] += hit_Bk[:, 0].sum()
+      counts['cls_top5'] += hit_Bk.any(1).sum()
+      if not localization:
+        continue
+      # The host's share: boxes and counts in worker processes, while the loop goes on
+      # to the next batch.
+      keys = ['label', 'boxes', 'num_boxes', 'window', 'orig_hw'] + (
+          ['mask', 'ignore'] if with_masks else [])
+      stage.submit({'classes_Bk': out['classes_Bk'][:n], 'maps_BThw': out['maps_BThw'][:n],
+                    **{k: batch[k][:n] for k in keys}})
+      for i in range(n):
+        orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
+        gt_M4 = batch['boxes'][i, :batch['num_boxes'][i]]
+        gt.append((orig_hw, gt_M4))
+        counts['rel_h'] += ((gt_M4[:, 3] - gt_M4[:, 1] + 1) / orig_hw[0]).sum()
+        counts['rel_w'] += ((gt_M4[:, 2] - gt_M4[:, 0] + 1) / orig_hw[1]).sum()
+        counts['num_gt'] += len(gt_M4)
+        if len(pictures) < num_pictures and jax.process_index() == 0:
+          pictures.append(_picture(batch, i, out, names, params))
+    loc_state = stage.finish() if localization else {}
+  finally:
+    if stage is not None:
+      stage.cancel()
 
   counts = sharding.sum_across_processes(counts)
-  wsol_state = sharding.sum_across_processes(wsol.state()) if localization else {}
+  loc_state = sharding.sum_across_processes(loc_state) if localization else {}
   n = counts['num_images']
   if n == 0:
     raise ValueError(f'split {config.data.eval_split!r} of {config.data.name!r} is empty')
@@ -263,7 +165,9 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
       'cls_top5_error': (n - counts['cls_top5']) / n,
   }
   if localization:
-    results.update(wsol.result(wsol_state))  # PxAP even where there are no boxes
+    loc = box_stage.Scores(params).result(loc_state)
+    # PxAP even where there are no boxes.
+    results.update({k: v for k, v in loc.items() if not k.startswith('paper/')})
     results['saliency'] = method
   if localization and counts['num_gt'] == 0:
     # OpenImages in the WSOL layout has masks, not boxes; a train split may have neither.
@@ -277,11 +181,11 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
                           gt_M4) >= ev.iou_threshold for hw, gt_M4 in gt)
     center_hits = sharding.sum_across_processes({'c': float(center_hits)})['c']
     results.update({
-        'loc_top1_error': (n - counts['loc_top1']) / n,
-        'loc_top5_error': (n - counts['loc_top5']) / n,
-        'loc_top5_error_heuristic': (n - counts['loc_heuristic']) / n,
-        'gt_known_loc_accuracy': counts['gt_known'] / n,
-        'gt_known_mean_iou': counts['gt_known_iou'] / n,
+        'loc_top1_error': (n - loc['paper/loc_top1']) / n,
+        'loc_top5_error': (n - loc['paper/loc_topk']) / n,
+        'loc_top5_error_heuristic': (n - loc['paper/loc_heuristic']) / n,
+        'gt_known_loc_accuracy': loc['paper/gt_known'] / n,
+        'gt_known_mean_iou': loc['paper/gt_known_iou'] / n,
         'center_baseline_loc_accuracy': center_hits / n,
         'top_k': top_k,
         'cam_threshold': ev.cam_threshold,
@@ -292,18 +196,25 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
 
 
 def _picture(batch: dict[str, np.ndarray], i: int, out: dict[str, np.ndarray],
-             boxes_T4: np.ndarray, names: list[str], size: int) -> np.ndarray:
-  """Image | CAM of the predicted class; GT boxes green, predicted box red (input grid)."""
+             names: list[str], params: box_stage.BoxParams) -> np.ndarray:
+  """Image | map of the predicted class; GT boxes green, predicted box red (input grid)."""
+  size = params.input_size
   image = pipeline.denormalize(batch['image'][i])
-  to_input = lambda b: pipeline.boxes_to_input(b, batch['window'][i], size)
+  window_4 = batch['window'][i]
+  orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
+  to_input = lambda b: windows.boxes_to_input(b, window_4, size)
   gt_M4 = to_input(batch['boxes'][i, :batch['num_boxes'][i]])
+  map_hw = out['maps_BThw'][i, 0]
+  # The box as scored: on the original image, then drawn on the input.
+  box_4 = box_stage.paper_boxes_on_original(map_hw, window_4, orig_hw,
+                                            (params.cam_threshold,))
   pred = int(out['classes_Bk'][i, 0])
   label = int(batch['label'][i])
   logits_C = out['logits_BC'][i].astype(np.float64)
   prob = 1.0 / np.exp(logits_C - logits_C[pred]).sum()  # softmax of the predicted class
   title = f'#{int(batch["index"][i])} {names[label]} -> {names[pred]} {prob:.2f}'
-  return viz.cam_figure(image, out['cams_BThw'][i, 0], gt_M4, to_input(boxes_T4[:1])[0],
-                        factor=max(1, 256 // size), title=title)
+  return viz.cam_figure(image, box_stage.on_input_grid(map_hw, size), gt_M4,
+                        to_input(box_4)[0], factor=max(1, 256 // size), title=title)
 
 
 _ROWS = [('cls_top1_error', 'classification top-1 error'),

@@ -23,7 +23,11 @@ paper's `s >= τ` (DESIGN.md §5): it quantises the map to uint8, keeps
 `> int(τ * max)` (strict; max is 255 once normalised) and takes OpenCV contours
 (`RETR_TREE`, hole contours included, the largest by polygon area); its code also sets
 the right/bottom corner to `x + w` / `y + h`, one pixel past the contour, clipped to
-the image, and gives an empty map the box `[0, 0, 0, 0]`.
+the image, and gives an empty map the box `[0, 0, 0, 0]`. Two consequences worth knowing: at
+τ = 0 cam_jax's mask is the whole image (`s >= 0` everywhere) where wsolevaluation keeps
+only `s > 0`; and RETR_TREE's hole contours never win "largest" (the outer contour
+encloses them) but do add boxes to its multi-contour MaxBoxAccV2. Each difference has a
+golden case in tests/test_protocol_parity.py.
 
 Where this module differs from wsolevaluation's code, or its code from its paper:
 

@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from cam_jax import box_stage
 from cam_jax import boxes as boxes_lib
 from cam_jax import data as data_lib
 from cam_jax import evaluate, sharding, train
@@ -40,7 +41,7 @@ def main(argv):
   model, _ = train.restore_model(config, _WORKDIR.value, mesh, info.num_classes)
   graphdef, state = nnx.split(model)
   size = config.data.image_size
-  predict = evaluate.make_predict_fn(graphdef, mesh, top_k=1, cam_hw=(size, size))
+  predict = evaluate.make_predict_fn(graphdef, mesh, top_k=1)
   thresholds = [float(t) for t in _GRID.value]
   hits = np.zeros(len(thresholds))
   n_total = 0
@@ -49,14 +50,15 @@ def main(argv):
       process_batch_size=sharding.check_batch_size(config.eval.batch_size, mesh),
       crop=config.data.eval_crop, resize_shorter=config.data.eval_resize_shorter):
     arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
-    cams_BThw = sharding.to_host(predict(state, arrays['image'], arrays['label']),
-                                 mesh)['cams_BThw']
+    maps_BThw = sharding.to_host(predict(state, arrays['image'], arrays['label']),
+                                 mesh)['maps_BThw']
     for i in range(n):
       gt_M4 = batch['boxes'][i, :batch['num_boxes'][i]]
       orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
-      for j, t in enumerate(thresholds):
-        box = pipeline.boxes_to_original(boxes_lib.paper_box(cams_BThw[i, -1], t)[None],
-                                         batch['window'][i], size, orig_hw)[0]
+      # The label's map on the original image, boxed at every threshold (box_stage).
+      boxes_N4 = box_stage.paper_boxes_on_original(maps_BThw[i, -1], batch['window'][i],
+                                                   orig_hw, tuple(thresholds))
+      for j, box in enumerate(boxes_N4):
         hits[j] += boxes_lib.max_iou(box, gt_M4) >= config.eval.iou_threshold
     n_total += n
   for t, h in zip(thresholds, hits):

@@ -7,18 +7,14 @@ float32) and `index` (position in the split); for datasets with masks, `mask` an
 `ignore` (B×S×S bool: foreground, and pixels PxAP must not score) on the network's input
 grid, through the same window (nearest neighbour, as wsolevaluation resizes masks).
 
-Every transform here is "crop a window of the original image, resize it to S×S": the
-window `(x0, y0, x1, y1)` is in the original's continuous pixel coordinates (pixel i
-covers [i, i + 1)). Whole-image resize, shorter-side resize + centre crop and the random
-resized crop of training are windows, so one pair of functions, `boxes_to_input` and
-`boxes_to_original`, maps boxes either way for all of them, and predictions are scored
-on the original image whatever the network saw (DESIGN.md §5).
+Every transform here is "crop a window of the original image, resize it to S×S"; the
+windows and the maps between the two pixel grids are `cam_jax.windows`, so that
+predictions are scored on the original image whatever the network saw (DESIGN.md §5).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Iterator
 
 import grain
@@ -28,6 +24,7 @@ from absl import flags
 from PIL import Image
 
 from cam_jax.data import images
+from cam_jax import windows
 
 # ImageNet statistics, so that pretrained backbones see what they were trained on.
 MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -91,91 +88,6 @@ def denormalize(image_HW3: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# Windows, and boxes through them
-# ---------------------------------------------------------------------------
-
-def whole_window(hw: tuple[int, int]) -> np.ndarray:
-  """The whole image: plain resize to S×S (the paper's test-time input)."""
-  return np.array([0, 0, hw[1], hw[0]], np.float64)
-
-
-def center_crop_window(hw: tuple[int, int], size: int, resize_shorter: int) -> np.ndarray:
-  """Shorter side resized to `resize_shorter`, then the central size×size crop."""
-  if size > resize_shorter:
-    raise ValueError(f'a {size}×{size} centre crop needs the shorter side resized to at '
-                     f'least {size}, got {resize_shorter}')
-  height, width = hw
-  side = size * min(height, width) / resize_shorter  # the crop's side in original pixels
-  cx, cy = width / 2, height / 2
-  return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
-
-
-def random_resized_crop_window(hw: tuple[int, int], rng: np.random.Generator, size: int, *,
-                               area_range: tuple[float, float] = (0.08, 1.0),
-                               aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
-                               attempts: int = 10) -> np.ndarray:
-  """The Inception crop of the flax ImageNet example: an area fraction and a log-uniform
-  aspect ratio, 10 attempts to fit them, else a centre crop of the shorter side × S/(S+32).
-  Integer pixel windows, as `tf.image.sample_distorted_bounding_box` gives."""
-  height, width = hw
-  area = height * width
-  log_ratio = np.log(aspect_range)
-  for _ in range(attempts):
-    target = area * rng.uniform(*area_range)
-    ratio = math.exp(rng.uniform(*log_ratio))
-    w = int(round(math.sqrt(target * ratio)))
-    h = int(round(math.sqrt(target / ratio)))
-    if 0 < w <= width and 0 < h <= height:
-      x0 = int(rng.integers(0, width - w + 1))
-      y0 = int(rng.integers(0, height - h + 1))
-      return np.array([x0, y0, x0 + w, y0 + h], np.float64)
-  side = int(size / (size + 32) * min(height, width))
-  x0, y0 = (width - side + 1) // 2, (height - side + 1) // 2
-  return np.array([x0, y0, x0 + side, y0 + side], np.float64)
-
-
-def boxes_to_input(boxes_N4: np.ndarray, window_4: np.ndarray, size: int) -> np.ndarray:
-  """Inclusive boxes in the original image -> inclusive boxes on the size×size input.
-
-  A box covers the pixel edges [x0, x1 + 1); those edges are mapped through the window
-  and rounded to the nearest input pixel edge, then clipped to the input. Boxes wholly
-  outside the window come out as degenerate boxes on the input's border.
-  """
-  return _through_window(boxes_N4, window_4, size, to_input=True, out_hw=(size, size))
-
-
-def boxes_to_original(boxes_N4: np.ndarray, window_4: np.ndarray, size: int,
-                      orig_hw: tuple[int, int]) -> np.ndarray:
-  """Inclusive boxes on the size×size input -> inclusive boxes in the original image.
-
-  The inverse of `boxes_to_input` up to rounding: a round trip moves an edge by at most
-  half an input pixel's extent in the original (plus the half pixel of the final
-  rounding); with a window that maps input pixels onto whole original pixels, it is exact.
-  """
-  return _through_window(boxes_N4, window_4, size, to_input=False, out_hw=orig_hw)
-
-
-def _through_window(boxes_N4, window_4, size, *, to_input: bool, out_hw) -> np.ndarray:
-  boxes_N4 = np.asarray(boxes_N4, np.float64).reshape(-1, 4)
-  wx0, wy0, wx1, wy1 = (float(v) for v in window_4)
-  sx, sy = (wx1 - wx0) / size, (wy1 - wy0) / size  # original pixels per input pixel
-  xs = boxes_N4[:, 0::2] + [0, 1]  # edges [x0, x1 + 1)
-  ys = boxes_N4[:, 1::2] + [0, 1]
-  if to_input:
-    xs, ys = (xs - wx0) / sx, (ys - wy0) / sy
-  else:
-    xs, ys = wx0 + xs * sx, wy0 + ys * sy
-  # Round half up, so that a mapping is the same on every platform.
-  xs, ys = np.floor(xs + 0.5), np.floor(ys + 0.5)
-  height, width = out_hw
-  out_N4 = np.stack([xs[:, 0], ys[:, 0], xs[:, 1] - 1, ys[:, 1] - 1], axis=1)
-  out_N4[:, 2] = np.maximum(out_N4[:, 2], out_N4[:, 0])  # a box keeps at least one pixel
-  out_N4[:, 3] = np.maximum(out_N4[:, 3], out_N4[:, 1])
-  out_N4 = np.clip(out_N4, 0, [width - 1, height - 1, width - 1, height - 1])
-  return out_N4.astype(np.int32)
-
-
-# ---------------------------------------------------------------------------
 # Transforms
 # ---------------------------------------------------------------------------
 
@@ -197,11 +109,11 @@ class TrainPreprocess(grain.transforms.RandomMap):
     index, ex = item
     image = decode(ex, index)
     if self.crop == 'random_resized':
-      window = random_resized_crop_window(image.shape[:2], rng, self.image_size,
+      window = windows.random_resized_crop_window(image.shape[:2], rng, self.image_size,
                                           area_range=self.area_range,
                                           aspect_range=self.aspect_range)
     else:
-      window = whole_window(image.shape[:2])
+      window = windows.whole_window(image.shape[:2])
     image = crop_resize(image, window, self.image_size)
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
@@ -224,9 +136,9 @@ class EvalPreprocess(grain.transforms.Map):
 
   def window(self, hw: tuple[int, int]) -> np.ndarray:
     if self.crop == 'resize':
-      return whole_window(hw)
+      return windows.whole_window(hw)
     shorter = self.resize_shorter or int(round(self.image_size / 0.875))
-    return center_crop_window(hw, self.image_size, shorter)
+    return windows.center_crop_window(hw, self.image_size, shorter)
 
   def map(self, item: tuple[int, dict[str, Any]]) -> dict[str, np.ndarray]:
     index, ex = item

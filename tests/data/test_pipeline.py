@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cam_jax import data
+from cam_jax import data, windows
 from cam_jax.data import images, pipeline
 from configs import common
 
@@ -76,30 +76,7 @@ def test_unknown_crops_are_rejected():
     pipeline.EvalPreprocess(32, 4, 'crop')
 
 
-# --- windows --------------------------------------------------------------------------
-
-def test_center_crop_window_by_hand():
-  # 300 wide, 200 high; shorter side 200 -> 256: scale 1.28; a 224 crop covers
-  # 224 / 1.28 = 175 original pixels, centred at (150, 100).
-  np.testing.assert_allclose(pipeline.center_crop_window((200, 300), 224, 256),
-                             [62.5, 12.5, 237.5, 187.5])
-  with pytest.raises(ValueError, match='at least 224'):
-    pipeline.center_crop_window((200, 300), 224, 200)
-
-
-def test_random_resized_crop_windows_fit_and_follow_the_ranges():
-  rng = np.random.default_rng(0)
-  for _ in range(200):
-    x0, y0, x1, y1 = pipeline.random_resized_crop_window((60, 90), rng, 32)
-    assert 0 <= x0 < x1 <= 90 and 0 <= y0 < y1 <= 60
-    area = (x1 - x0) * (y1 - y0) / (60 * 90)
-    assert 0.06 <= area <= 1.0  # 0.08..1 up to rounding the sides
-  # No 3/4..4/3 crop of >= 8 % fits a 2-pixel-high strip: the centre-crop fallback,
-  # side = 32 / (32 + 32) * 2 = 1.
-  np.testing.assert_array_equal(
-      pipeline.random_resized_crop_window((2, 400), rng, 32, area_range=(0.5, 1.0)),
-      [200, 1, 201, 2])
-
+# --- crops and boxes through windows --------------------------------------------------------------------------
 
 def test_crop_resize_of_a_window_equals_cropping_then_resizing():
   rng = np.random.default_rng(1)
@@ -109,23 +86,7 @@ def test_crop_resize_of_a_window_equals_cropping_then_resizing():
   # The border differs: with a window, the filter reads the pixels just outside it, as a
   # resize of the whole image would; a crop clamps at its edge.
   assert np.abs(got.astype(int) - want)[1:-1, 1:-1].max() <= 1
-  assert pipeline.crop_resize(image, pipeline.whole_window((30, 50)), 20).shape == (20, 20, 3)
-
-
-def test_boxes_through_a_window_by_hand():
-  # A 48-wide, 36-high image resized whole to 12×12: 4 original columns and 3 rows per
-  # input pixel. Box columns 8..19 (edges 8, 20) -> input edges 2, 5 -> columns 2..4;
-  # rows 6..14 (edges 6, 15) -> 2, 5 -> rows 2..4.
-  window = pipeline.whole_window((36, 48))
-  np.testing.assert_array_equal(pipeline.boxes_to_input([[8, 6, 19, 14]], window, 12),
-                                [[2, 2, 4, 4]])
-  # And back: input columns 2..4 -> edges 8, 20 -> 8..19; rows edges 6, 15 -> 6..14.
-  np.testing.assert_array_equal(
-      pipeline.boxes_to_original([[2, 2, 4, 4]], window, 12, (36, 48)), [[8, 6, 19, 14]])
-  # A box past the window is clipped to the input.
-  np.testing.assert_array_equal(
-      pipeline.boxes_to_input([[0, 0, 47, 35]], np.array([12, 9, 36, 27]), 12),
-      [[0, 0, 11, 11]])
+  assert pipeline.crop_resize(image, windows.whole_window((30, 50)), 20).shape == (20, 20, 3)
 
 
 @pytest.mark.parametrize('crop', pipeline.EVAL_CROPS)
@@ -144,7 +105,7 @@ def test_boxes_round_trip_through_each_eval_transform(crop):
     x0, x1 = np.sort(rng.integers(wx0, wx1 + 1, 2))
     y0, y1 = np.sort(rng.integers(wy0, wy1 + 1, 2))
     box = np.array([[x0, y0, x1, y1]])
-    back = pipeline.boxes_to_original(pipeline.boxes_to_input(box, window, size), window,
+    back = windows.boxes_to_original(windows.boxes_to_input(box, window, size), window,
                                       size, orig_hw)
     thin = min(x1 - x0 + 1, y1 - y0 + 1) < per_pixel
     bound = np.ceil(per_pixel if thin else per_pixel / 2) + 1
