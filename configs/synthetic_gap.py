@@ -56,6 +56,10 @@ def get_config(arg: str | None = None):
     config.checkpoint_every = 3
     config.eval.batch_size = 16
     config.eval.num_pictures = 4
+    config.figures.num_examples = 32
+    config.figures.num_classes = 2
+    config.figures.per_class = 2
+    config.figures.num_images = 4
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of synthetic_gap.py; known: 'tiny'")
   return config
