@@ -33,12 +33,14 @@ TrainState = Any  # nnx.State of (model, optimizer)
 _COMPATIBLE_KEYS = ('model', 'model_kwargs', 'num_classes', 'dataset')
 
 
-def checkpoint_meta(config: ml_collections.ConfigDict, num_classes: int,
-                    step: int) -> dict[str, Any]:
-  """What a checkpoint must agree on with the config that restores it."""
+def checkpoint_meta(config: ml_collections.ConfigDict, num_classes: int, step: int,
+                    class_names: tuple[str, ...] = ()) -> dict[str, Any]:
+  """What a checkpoint must agree on with the config that restores it, and the class
+  names, so that a checkpoint alone can name its predictions (--mode=localize)."""
   return {'step': step, 'model': config.model.name,
           'model_kwargs': config.model.get('kwargs', ml_collections.ConfigDict()).to_dict(),
-          'num_classes': num_classes, 'dataset': config.data.name}
+          'num_classes': num_classes, 'dataset': config.data.name,
+          'class_names': list(class_names)}
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict, *,

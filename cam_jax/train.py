@@ -275,7 +275,8 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                 manager: ocp.CheckpointManager, writer: metric_writers.MetricWriter,
                 best: checkpoints.BestCheckpoint | None, preemption: Preemption,
                 graphdef: nnx.GraphDef, state: TrainState, batches: grain.DatasetIterator,
-                num_classes: int, start_step: int, last_step: int) -> tuple[TrainState, int]:
+                info: data_lib.SourceInfo, start_step: int, last_step: int
+                ) -> tuple[TrainState, int]:
   """Steps `start_step + 1 .. last_step` on `batches` (positioned after `start_step`):
   progress lines, metrics, periodic evaluations, checkpoints. Returns the state and the
   last step run (earlier than `last_step` when preempted)."""
@@ -326,14 +327,15 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       logging.info('step %d eval: %s', step, evaluate_lib.format_brief(results))
       writer.write({'step': step, 'split': config.data.eval_split, **results})
       if best is not None and best.update(step, state,
-                                          checkpoints.checkpoint_meta(config, num_classes, step),
+                                          checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names),
                                           results):
         logging.info('step %d: best %s so far (%.4f), saved in %s', step, best.metric,
                      best.value, best.manager.directory)
 
     if checkpoint_now:
       checkpoints.save_checkpoint(manager, step, state,
-                                  checkpoints.checkpoint_meta(config, num_classes, step), batches)
+                                  checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names),
+                                  batches)
     if preempted:
       logging.warning('SIGTERM: saved a checkpoint at step %d in %s; run the same command to '
                       'resume.', step, manager.directory)
@@ -387,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     last_step = total if stop_after is None else min(total, stop_after)
     try:
       state, last_step = _train_loop(config, mesh, manager, writer, best, preemption,
-                                     graphdef, state, batches, num_classes, start_step,
+                                     graphdef, state, batches, info, start_step,
                                      last_step)
     finally:
       if best is not None:
