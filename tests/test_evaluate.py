@@ -1,9 +1,13 @@
 """evaluate(): classification-only and saliency paths end to end, and the report formatting."""
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
 from cam_jax import evaluate, models, sharding
+from cam_jax.data import pipeline
+from cam_jax.data.base import SourceInfo
 from configs import synthetic_gap
 
 
@@ -80,3 +84,76 @@ def test_table_puts_the_paper_number_beside_ours():
   assert '| MaxBoxAcc (IoU 0.5) | 50.00 | |' in table  # not in the paper
   with pytest.raises(ValueError, match='known rows: GoogLeNet-GAP'):
     evaluate.format_table(results, 'ResNet')
+
+
+class _ChannelGAP(nnx.Module):
+  """A GAP network whose features are the raw RGB pixels and whose head is the identity:
+  logit c = mean of channel c, CAM of class c = channel c. Every metric is then worked
+  out by hand from the images."""
+
+  def __init__(self):
+    self.head = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
+    self.head.kernel[...] = jnp.eye(3)
+    self.head.bias[...] = jnp.zeros(3)
+
+  def __call__(self, x, train=False):
+    # Back to raw 0..255 pixels: the hand-worked values read straight off the images.
+    feats = x * pipeline.STDDEV_RGB[None, None, None] + pipeline.MEAN_RGB[None, None, None]
+    return self.head(feats.mean((1, 2))), {'features': feats}
+
+
+def _hand_image(channel_values):
+  image = np.zeros((8, 8, 3), np.uint8)
+  for channel, value, (x0, y0, x1, y1) in channel_values:
+    image[y0:y1 + 1, x0:x1 + 1, channel] = value
+  return image
+
+
+def test_every_metric_by_hand(monkeypatch):
+  """Three 8×8 images seen at 8×8 (boxes and maps keep their pixels), classes 0, 1, 2 =
+  channels R, G, B; top_k = 2.
+
+  Image A, label 0: R = 200 on (1, 1, 4, 4) (16 px: mean 50), G = 10 everywhere (mean 10).
+    Top classes [0, 1]: right. R's CAM is 200 on the block: paper box (1, 1, 4, 4) = the
+    truth, IoU 1.
+  Image B, label 1: G = 100 on (4, 4, 7, 7) (mean 25), R = 40 everywhere (mean 40).
+    Top classes [0, 1]: wrong at top 1, right at top 2; G's box (4, 4, 7, 7) = the truth.
+  Image C, label 2: B = 255 on (0, 0, 1, 1) (mean 15.9), R = G = 0: top 1 right; its box
+    (0, 0, 1, 1) against the truth (0, 0, 5, 5): IoU 4/36: wrong.
+  Classification: top-1 error 1/3 (B), top-2 error 0.
+  Paper localization: top-1 A only -> error 2/3; top-2 A, B -> error 1/3; GT-known A, B
+    -> 2/3; mean IoU (1 + 1 + 1/9) / 3 = 19/27. Heuristic: the tight (0.5 of max) and
+    loose boxes of a block map are the block: A (rank 0) and B (rank 1) hit -> error 1/3.
+  Centre baseline: mean relative size (4/8 + 4/8 + 6/8) / 3 = 7/12 of 8 = 4.67 -> 5 px
+    square, centred at x0 = (8 - 5) // 2 = 1: (1, 1, 5, 5). A: 16/25 hit; B: overlap
+    (4..5)² = 4, union 25 + 16 - 4 = 37: miss; C: 25/36 hit -> 2/3.
+  MaxBoxAcc (0.01 grid): τ = 0 keeps every pixel, box (0, 0, 7, 7): IoU A 16/64, B 16/64,
+    C 36/64 = 0.5625 (hit) -> 1/3; every τ in (0, 1) keeps the block: A, B hit, C 4/36
+    misses -> 2/3 at τ = 0.01. V2: δ 0.3 and 0.5: 2/3 (τ > 0); δ 0.7: 2/3 -> 2/3.
+  """
+  examples = [
+      {'image': _hand_image([(0, 200, (1, 1, 4, 4)), (1, 10, (0, 0, 7, 7))]), 'label': 0,
+       'boxes': np.array([[1, 1, 4, 4]]), 'file_name': 'a.png'},
+      {'image': _hand_image([(1, 100, (4, 4, 7, 7)), (0, 40, (0, 0, 7, 7))]), 'label': 1,
+       'boxes': np.array([[4, 4, 7, 7]]), 'file_name': 'b.png'},
+      {'image': _hand_image([(2, 255, (0, 0, 1, 1))]), 'label': 2,
+       'boxes': np.array([[0, 0, 5, 5]]), 'file_name': 'c.png'},
+  ]
+  info = SourceInfo(name='hand', num_classes=3, class_names=('r', 'g', 'b'), has_masks=False)
+  monkeypatch.setattr(evaluate.data_lib, 'load_source', lambda data, split: (examples, info))
+  config = synthetic_gap.get_config('tiny')
+  config.data.image_size = 8
+  config.eval.top_k = 2
+  config.eval.batch_size = 8
+  got = evaluate.evaluate(config, _ChannelGAP(), sharding.make_mesh(), num_pictures=1)
+  expected = {
+      'num_images': 3, 'cls_top1_error': 1 / 3, 'cls_top5_error': 0.0,
+      'loc_top1_error': 2 / 3, 'loc_top5_error': 1 / 3, 'loc_top5_error_heuristic': 1 / 3,
+      'gt_known_loc_accuracy': 2 / 3, 'gt_known_mean_iou': 19 / 27,
+      'center_baseline_loc_accuracy': 2 / 3, 'max_box_acc': 2 / 3,
+      'max_box_acc_threshold': 0.01, 'max_box_acc_v2': 2 / 3,
+  }
+  for key, value in expected.items():
+    assert got[key] == pytest.approx(value, abs=1e-12), key
+  assert 'pxap' not in got  # no masks
+  assert len(got['pictures']) == 1
