@@ -1,7 +1,13 @@
 """Entry point: `python -m cam_jax.main --config=configs/synthetic_gap.py --workdir=DIR`.
 
-Only flags and one call: the logic lives in `cam_jax.train` and `cam_jax.evaluate`, which
-can be imported and tested, and used from Colab.
+Only flags and one call: the logic lives in `cam_jax.train`, `cam_jax.evaluate` and
+`cam_jax.localize`, which can be imported and tested, and used from Colab.
+
+Modes: `train_and_evaluate` (default), `evaluate`, and `localize`
+(`--images=PATH_OR_GLOB [--checkpoint=PATH] [--output_dir=DIR]`: CAM pictures, boxes and
+predictions.jsonl for image files). Exit status: 0 when all went well; 3 when
+`--mode=localize` skipped some file it could not use (each named in a warning); 1 on
+errors.
 """
 
 import logging as py_logging
@@ -9,13 +15,23 @@ import logging as py_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cam_jax import localize
 from cam_jax import train
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics.jsonl, eval.json '
                                'and pictures go; re-using it resumes.', required=True)
-_MODE = flags.DEFINE_enum('mode', 'train_and_evaluate', ['train_and_evaluate', 'evaluate'],
-                          'Train (resuming if possible) then evaluate, or evaluate the '
-                          'latest checkpoint.')
+_MODE = flags.DEFINE_enum('mode', 'train_and_evaluate',
+                          ['train_and_evaluate', 'evaluate', 'localize'],
+                          'Train (resuming if possible) then evaluate; evaluate the latest '
+                          'checkpoint; or localize: top-k classes, CAM boxes and pictures of '
+                          '--images, exit status 3 if some file was skipped as unusable.')
+_IMAGES = flags.DEFINE_string('images', None, '--mode=localize: an image file, a folder of '
+                              'images (not recursive) or a glob.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, '--mode=localize: a workdir, its '
+                                  'checkpoints/ or best/ folder, or one step folder; default '
+                                  'the latest in WORKDIR/checkpoints.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, '--mode=localize: where the pictures '
+                                  'and predictions.jsonl go; default WORKDIR/localize.')
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
                                 lock_config=True)
 
@@ -37,8 +53,17 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. --config=configs/synthetic_gap.py')
   if _MODE.value == 'train_and_evaluate':
     train.train_and_evaluate(config, _WORKDIR.value)
-  else:
+  elif _MODE.value == 'evaluate':
     train.evaluate_checkpoint(config, _WORKDIR.value)
+  else:
+    if not _IMAGES.value:
+      raise app.UsageError('--mode=localize needs --images=FILE_FOLDER_OR_GLOB')
+    summary = localize.localize(config, _WORKDIR.value, _IMAGES.value,
+                                checkpoint=_CHECKPOINT.value, output_dir=_OUTPUT_DIR.value)
+    if summary.skipped:
+      logging.error('%d file(s) skipped (named in the warnings above); exit status %d',
+                    len(summary.skipped), localize.EXIT_SKIPPED)
+      raise SystemExit(localize.EXIT_SKIPPED)
 
 
 if __name__ == '__main__':

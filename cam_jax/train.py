@@ -30,6 +30,7 @@ from flax import nnx
 from cam_jax import checkpoints
 from cam_jax import data as data_lib
 from cam_jax import evaluate as evaluate_lib
+from cam_jax import figures
 from cam_jax import metric_writers
 from cam_jax import models
 from cam_jax import sharding
@@ -402,21 +403,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Evaluate -----------------------------------------------------------------
   model = nnx.merge(graphdef, state)[0]
-  return evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=total)
+  results = evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=total)
+  figures.write_evaluation_figures(config, model, mesh, workdir)
+  return results
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
                   num_classes: int) -> tuple[nnx.Module, int]:
   """`(model, step)` from the latest checkpoint in `workdir`; raises if there is none."""
-  graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
-  with checkpoints.checkpoint_manager(workdir, config) as manager:
-    restored = checkpoints.restore_checkpoint(manager, abstract_state,
-                                              checkpoints.checkpoint_meta(config, num_classes, 0))
-  if restored is None:
-    raise FileNotFoundError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}: '
-                            'train first (--mode=train_and_evaluate).')
-  step, state = restored
-  return nnx.merge(graphdef, state)[0], step
+  model, step, _ = restore_model_at(config, os.path.join(workdir, 'checkpoints'), mesh,
+                                    num_classes=num_classes)
+  return model, step
+
+
+def restore_model_at(config: ml_collections.ConfigDict, directory: str,
+                     mesh: jax.sharding.Mesh, *, step: int | None = None,
+                     num_classes: int | None = None) -> tuple[nnx.Module, int, dict[str, Any]]:
+  """`(model, step, meta)` of a checkpoint in `directory` (a folder of steps:
+  checkpoints/ or best/), the latest unless `step` is given.
+
+  `num_classes` None takes the checkpoint's own (its meta), so that no dataset needs to
+  be at hand (--mode=localize). Raises FileNotFoundError if there is no such checkpoint,
+  ValueError if it belongs to another model or dataset than the config's.
+  """
+  directory = os.path.abspath(directory)
+  with checkpoints.checkpoint_manager(os.path.dirname(directory), config,
+                                      folder=os.path.basename(directory)) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {directory}: train first '
+                              '(--mode=train_and_evaluate).')
+    if step not in manager.all_steps():
+      raise FileNotFoundError(f'No checkpoint of step {step} in {directory}')
+    meta = checkpoints.read_meta(manager, step)
+    if num_classes is None:
+      num_classes = int(meta['num_classes'])
+    graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
+    _, state = checkpoints.restore_checkpoint(
+        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0), step=step)
+  return nnx.merge(graphdef, state)[0], step, meta
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -425,5 +450,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   mesh = sharding.make_mesh()
   _, info = data_lib.load_source(config.data, config.data.eval_split)
   model, step = restore_model(config, workdir, mesh, info.num_classes)
-  return evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=step,
-                                         baselines=tuple(config.eval.get('baselines', ())))
+  results = evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=step,
+                                            baselines=tuple(config.eval.get('baselines', ())))
+  figures.write_evaluation_figures(config, model, mesh, workdir)
+  return results

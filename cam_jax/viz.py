@@ -1,14 +1,15 @@
-"""Looking at CAMs: jet overlays, boxes drawn, side-by-side figures, PNG files.
+"""Looking at CAMs: colour-map overlays, boxes drawn, titled tiles, grids, PNG files.
 
-Host side, numpy + PIL only. Images are uint8 RGB arrays `(H, W, 3)`. Boxes are
-`(x0, y0, x1, y1)`: inclusive integer pixel corners as in ILSVRC XML, x the column
-(DESIGN.md §5).
+Host side, numpy + PIL only (no matplotlib). Images are uint8 RGB arrays `(H, W, 3)`.
+Boxes are `(x0, y0, x1, y1)`: inclusive integer pixel corners as in ILSVRC XML, x the
+column (DESIGN.md §5).
 """
 
 from __future__ import annotations
 
 import io
 import os
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -46,13 +47,60 @@ def jet(values_HW: np.ndarray) -> np.ndarray:
   return np.round(255.0 * rgb_HW3).astype(np.uint8)
 
 
-def overlay(image_HW3: np.ndarray, cam_HW: np.ndarray, heat_weight: float = 0.3,
-            image_weight: float = 0.5) -> np.ndarray:
-  """Blends the min-max normalised CAM, coloured with jet, over the image.
+# viridis (matplotlib's default) at 0, 1/8, ..., 1: the published 9-step palette,
+# interpolated linearly in between (within a few levels of the 256-entry table).
+_VIRIDIS_9x3 = np.array([
+    (68, 1, 84), (71, 45, 123), (59, 82, 139), (44, 114, 142), (33, 145, 140),
+    (40, 174, 128), (94, 201, 98), (173, 220, 48), (253, 231, 37)], np.float64)
 
-  `heat_weight * jet(cam) + image_weight * image`, the look of the official CAM demo
+
+def _finite_unit(values: np.ndarray, name: str) -> np.ndarray:
+  values = np.asarray(values, dtype=np.float64)
+  if not np.all(np.isfinite(values)):
+    raise ValueError(f'{name}: values hold nan or inf')
+  return np.clip(values, 0.0, 1.0)
+
+
+def gray(values_HW: np.ndarray) -> np.ndarray:
+  """0 -> black, 1 -> white; values outside [0, 1] are clipped. uint8 `shape + (3,)`."""
+  v_HW = _finite_unit(values_HW, 'gray')
+  return np.repeat(np.round(255.0 * v_HW)[..., None], 3, axis=-1).astype(np.uint8)
+
+
+def viridis(values_HW: np.ndarray) -> np.ndarray:
+  """Perceptually uniform dark blue -> green -> yellow; values outside [0, 1] are clipped."""
+  v_HW = _finite_unit(values_HW, 'viridis')
+  anchors_A = np.linspace(0.0, 1.0, len(_VIRIDIS_9x3))
+  rgb_HW3 = np.stack([np.interp(v_HW, anchors_A, _VIRIDIS_9x3[:, c]) for c in range(3)], -1)
+  return np.round(rgb_HW3).astype(np.uint8)
+
+
+COLORMAPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    'jet': jet,  # the official CAM code's look (OpenCV's COLORMAP_JET)
+    'gray': gray,  # saliency maps, as in the paper's Fig. 5
+    'viridis': viridis,
+}
+
+
+def get_colormap(name: str) -> Callable[[np.ndarray], np.ndarray]:
+  """The colour map `name` (values in [0, 1] -> uint8 RGB); raises listing the known ones."""
+  if name not in COLORMAPS:
+    raise ValueError(f'Unknown colormap {name!r}; known colormaps: {", ".join(sorted(COLORMAPS))}')
+  return COLORMAPS[name]
+
+
+def overlay(image_HW3: np.ndarray, cam_HW: np.ndarray, heat_weight: float = 0.3,
+            image_weight: float = 0.5, colormap: str = 'jet',
+            valid_HW: np.ndarray | None = None) -> np.ndarray:
+  """Blends the min-max normalised CAM, coloured with `colormap`, over the image.
+
+  `heat_weight * colormap(cam) + image_weight * image`, the look of the official CAM demo
   (which uses OpenCV's jet, 0.3 heat + 0.5 image). `cam_HW` must already be at the
   image's size.
+
+  `valid_HW` (bool, optional) marks the pixels the network saw (a centre crop's window):
+  the CAM is normalised over those alone, and the others show the plain image, unblended
+  and so brighter than the blend, which tells "not seen" apart from "cold" (dark blue).
   """
   image_HW3 = _check_image(image_HW3)
   cam_HW = np.asarray(cam_HW)
@@ -60,9 +108,23 @@ def overlay(image_HW3: np.ndarray, cam_HW: np.ndarray, heat_weight: float = 0.3,
     raise ValueError(
         f'cam_HW has shape {cam_HW.shape} but image_HW3 has shape {image_HW3.shape}; '
         'resize the CAM to the image first')
-  heat_HW3 = jet(boxes_lib.normalize_map(cam_HW)).astype(np.float64)
+  cmap = get_colormap(colormap)
+  if valid_HW is None:
+    norm_HW = boxes_lib.normalize_map(cam_HW)
+  else:
+    valid_HW = np.asarray(valid_HW, bool)
+    if valid_HW.shape != cam_HW.shape:
+      raise ValueError(f'valid_HW has shape {valid_HW.shape}, cam_HW {cam_HW.shape}')
+    if not valid_HW.any():
+      return image_HW3.copy()
+    norm_HW = np.zeros(cam_HW.shape, np.float32)
+    norm_HW[valid_HW] = boxes_lib.normalize_map(cam_HW[valid_HW][None])[0]
+  heat_HW3 = cmap(norm_HW).astype(np.float64)
   blend_HW3 = heat_weight * heat_HW3 + image_weight * image_HW3.astype(np.float64)
-  return np.clip(np.round(blend_HW3), 0, 255).astype(np.uint8)
+  blend_HW3 = np.clip(np.round(blend_HW3), 0, 255).astype(np.uint8)
+  if valid_HW is not None:
+    blend_HW3[~valid_HW] = image_HW3[~valid_HW]
+  return blend_HW3
 
 
 def draw_boxes(image_HW3: np.ndarray, boxes_N4: np.ndarray, color: tuple[int, int, int],
@@ -129,11 +191,108 @@ def cam_figure(image_HW3: np.ndarray, cam_HW: np.ndarray, gt_boxes_M4: np.ndarra
       panel_HW3 = draw_boxes(panel_HW3, pred_N4, PRED_COLOR, width=2)
     panels.append(panel_HW3)
   figure_HW3 = np.concatenate(panels, axis=1)
-  if title is None:
-    return figure_HW3
-  strip = Image.new('RGB', (figure_HW3.shape[1], _TITLE_HEIGHT), (255, 255, 255))
+  return figure_HW3 if title is None else titled(figure_HW3, title)
+
+
+def shrink(image_HW3: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+  """Downscales (PIL, antialiased) so that the long side is at most `max_side`.
+
+  Never upscales. Returns `(image, scale)`, scale = new long side / old long side (1.0
+  when the image is left alone); `scale_boxes` maps boxes with it.
+  """
+  image_HW3 = _check_image(image_HW3)
+  if max_side < 1:
+    raise ValueError(f'max_side must be positive, got {max_side}')
+  height, width = image_HW3.shape[:2]
+  long_side = max(height, width)
+  if long_side <= max_side:
+    return image_HW3, 1.0
+  scale = max_side / long_side
+  new_wh = (max(1, round(width * scale)), max(1, round(height * scale)))
+  # PIL's bilinear widens its support when shrinking: antialiased, no moiré.
+  small_HW3 = np.asarray(Image.fromarray(image_HW3).resize(new_wh, Image.BILINEAR))
+  return small_HW3, max(new_wh) / long_side
+
+
+def scale_boxes(boxes_N4: np.ndarray, scale: float, hw: tuple[int, int]) -> np.ndarray:
+  """Boxes `(x0, y0, x1, y1)` (inclusive corners) on an image resized by `scale`.
+
+  A box covers the pixel edges `[x0, x1 + 1)`; the edges are scaled and rounded (half
+  up), the result made inclusive again, kept at least one pixel wide and clipped to the
+  `hw` image. Returns int32 (N, 4).
+  """
+  boxes_N4 = boxes_lib.check_boxes(np.asarray(boxes_N4).reshape(-1, 4), 'boxes_N4')
+  edges_N4 = boxes_N4.astype(np.float64) + [0, 0, 1, 1]
+  edges_N4 = np.floor(edges_N4 * scale + 0.5)
+  out_N4 = edges_N4 - [0, 0, 1, 1]
+  out_N4[:, 2:] = np.maximum(out_N4[:, 2:], out_N4[:, :2])
+  height, width = hw
+  return np.clip(out_N4, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.int32)
+
+
+def titled(image_HW3: np.ndarray, title: str) -> np.ndarray:
+  """The image below a 14 px white strip holding `title` in black (cut at the right edge)."""
+  image_HW3 = _check_image(image_HW3)
+  strip = Image.new('RGB', (image_HW3.shape[1], _TITLE_HEIGHT), (255, 255, 255))
   ImageDraw.Draw(strip).text((2, 1), title, fill=(0, 0, 0), font=ImageFont.load_default())
-  return np.concatenate([np.asarray(strip), figure_HW3], axis=0)
+  return np.concatenate([np.asarray(strip), image_HW3], axis=0)
+
+
+def grid(tiles: Sequence[np.ndarray], columns: int, pad: int = 2,
+         background: int = 255) -> np.ndarray:
+  """Tiles in rows of `columns`, filled left to right, `pad` pixels between cells.
+
+  Every cell has the largest tile's height and width; a smaller tile sits at its cell's
+  top-left corner, the rest is `background`. The result is
+  `(rows * cell_h + (rows - 1) * pad, columns * cell_w + (columns - 1) * pad, 3)`.
+  """
+  if not tiles:
+    raise ValueError('grid needs at least one tile')
+  if columns < 1 or pad < 0:
+    raise ValueError(f'columns must be >= 1 and pad >= 0, got {columns} and {pad}')
+  tiles = [_check_image(t, f'tiles[{i}]') for i, t in enumerate(tiles)]
+  cell_h = max(t.shape[0] for t in tiles)
+  cell_w = max(t.shape[1] for t in tiles)
+  rows = -(-len(tiles) // columns)
+  out_HW3 = np.full((rows * cell_h + (rows - 1) * pad, columns * cell_w + (columns - 1) * pad,
+                     3), background, np.uint8)
+  for i, tile_HW3 in enumerate(tiles):
+    y, x = (i // columns) * (cell_h + pad), (i % columns) * (cell_w + pad)
+    out_HW3[y:y + tile_HW3.shape[0], x:x + tile_HW3.shape[1]] = tile_HW3
+  return out_HW3
+
+
+def box_width(hw: tuple[int, int]) -> int:
+  """An outline width that stays visible on large images: 2 px up to 400 px long sides."""
+  return max(2, round(max(hw) / 200))
+
+
+def top_k_figure(image_HW3: np.ndarray, maps_kHW: Sequence[np.ndarray], titles: Sequence[str],
+                 boxes_k4: Sequence[np.ndarray | None], *, colormap: str = 'jet',
+                 heat_weight: float = 0.3, image_weight: float = 0.5,
+                 valid_HW: np.ndarray | None = None, image_title: str = '') -> np.ndarray:
+  """The paper's Fig. 4 layout, one row: the image, then one overlay per class.
+
+  `maps_kHW[j]` is class j's map at the image's size, `titles[j]` its caption (e.g.
+  'golden retriever 0.87'), `boxes_k4[j]` its box `(x0, y0, x1, y1)` (inclusive corners,
+  the image's grid; None for none), drawn in red. Each tile has a title strip
+  (`titled`); `valid_HW` as in `overlay`.
+
+  Returns:
+    uint8 `(14 + H, (k + 1) * W + k * 2, 3)`.
+  """
+  image_HW3 = _check_image(image_HW3)
+  if not len(maps_kHW) == len(titles) == len(boxes_k4):
+    raise ValueError(f'got {len(maps_kHW)} maps, {len(titles)} titles and {len(boxes_k4)} '
+                     'boxes; give one of each per class')
+  width = box_width(image_HW3.shape[:2])
+  tiles = [titled(image_HW3, image_title)]
+  for map_HW, title, box_4 in zip(maps_kHW, titles, boxes_k4):
+    tile_HW3 = overlay(image_HW3, map_HW, heat_weight, image_weight, colormap, valid_HW)
+    if box_4 is not None:
+      tile_HW3 = draw_boxes(tile_HW3, np.asarray(box_4).reshape(1, 4), PRED_COLOR, width)
+    tiles.append(titled(tile_HW3, title))
+  return grid(tiles, columns=len(tiles))
 
 
 def save_png(path: str | os.PathLike, image_HW3: np.ndarray) -> None:

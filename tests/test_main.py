@@ -60,6 +60,9 @@ def test_main_trains_evaluates_and_writes_everything(tiny_data_dir, tmp_path):
   assert pictures == ['00.png', '01.png', '02.png', '03.png']
   png = np.asarray(Image.open(os.path.join(workdir, 'cams', '00.png')))
   assert png.ndim == 3 and png.shape[2] == 3 and png.shape[1] > png.shape[0] > 32
+  # The paper's figures of the evaluation (cam_jax.figures).
+  assert sorted(os.listdir(os.path.join(workdir, 'figures'))) == [
+      'boxes.png', 'cam_vs_backprop.png', 'class_cams.png']
 
   # --mode=evaluate reads the checkpoint back and reproduces the numbers.
   os.remove(os.path.join(workdir, 'eval.json'))

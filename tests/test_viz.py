@@ -98,3 +98,120 @@ def test_save_png_round_trip_leaves_no_temp(tmp_path):
   viz.save_png(path, image_HW3[::-1].copy())  # overwrite
   np.testing.assert_array_equal(np.asarray(Image.open(path)), image_HW3[::-1])
   assert os.listdir(path.parent) == ['fig.png']
+
+
+def test_colormaps_by_hand():
+  np.testing.assert_array_equal(viz.get_colormap('jet')(np.array([0.0, 0.5, 1.0])),
+                                [[0, 0, 128], [128, 255, 128], [128, 0, 0]])
+  # gray: round(255 * v), clipped.
+  np.testing.assert_array_equal(viz.get_colormap('gray')(np.array([-1.0, 0.5, 1.0])),
+                                [[0, 0, 0], [128, 128, 128], [255, 255, 255]])
+  # viridis: the anchors at 0 and 1, and halfway between the first two anchors (0, 1/8):
+  # ((68 + 71) / 2, (1 + 45) / 2, (84 + 123) / 2) = (69.5, 23, 103.5) -> (70, 23, 104).
+  np.testing.assert_array_equal(viz.get_colormap('viridis')(np.array([0.0, 1 / 16, 1.0])),
+                                [[68, 1, 84], [70, 23, 104], [253, 231, 37]])
+  for name in viz.COLORMAPS:
+    out_HW3 = viz.get_colormap(name)(np.zeros((2, 3)))
+    assert out_HW3.shape == (2, 3, 3) and out_HW3.dtype == np.uint8
+
+
+def test_get_colormap_lists_known_names():
+  with pytest.raises(ValueError, match='known colormaps: gray, jet, viridis'):
+    viz.get_colormap('rainbow')
+  with pytest.raises(ValueError, match='known colormaps'):
+    viz.overlay(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2)), colormap='rainbow')
+
+
+def test_overlay_one_hot_is_red_at_the_hot_pixel_blue_elsewhere():
+  image_HW3 = np.zeros((3, 5, 3), np.uint8)
+  cam_HW = np.zeros((3, 5))
+  cam_HW[1, 2] = 0.7
+  out_HW3 = viz.overlay(image_HW3, cam_HW, heat_weight=1.0, image_weight=0.0).astype(int)
+  assert out_HW3[1, 2, 0] > 100 and out_HW3[1, 2, 2] == 0  # jet(1) = (128, 0, 0)
+  cold_HW = np.ones((3, 5), bool)
+  cold_HW[1, 2] = False
+  assert (out_HW3[cold_HW] == [0, 0, 128]).all()  # jet(0)
+
+
+def test_overlay_gray_weights():
+  image_HW3 = np.full((1, 2, 3), 100, np.uint8)
+  out_HW3 = viz.overlay(image_HW3, np.array([[0.0, 2.0]]), heat_weight=0.5, image_weight=0.5,
+                        colormap='gray')
+  # 0.5 * 0 + 0.5 * 100 = 50; 0.5 * 255 + 50 = 177.5 -> 178 (half to even).
+  np.testing.assert_array_equal(out_HW3[0, :, 0], [50, 178])
+
+
+def test_overlay_valid_mask_normalises_inside_and_leaves_outside_plain():
+  image_HW3 = np.full((2, 3, 3), 200, np.uint8)
+  # Outside the window the map is huge: it must not set the scale inside.
+  cam_HW = np.array([[9.0, 1.0, 2.0], [9.0, 1.0, 2.0]])
+  valid_HW = np.array([[False, True, True], [False, True, True]])
+  out_HW3 = viz.overlay(image_HW3, cam_HW, colormap='gray', valid_HW=valid_HW).astype(int)
+  np.testing.assert_array_equal(out_HW3[:, 0], [[200] * 3] * 2)  # the plain image
+  np.testing.assert_array_equal(out_HW3[0, 1], [100] * 3)  # min inside: 0.5 * 200
+  # Max inside: 0.3 * 255 + 100 = 176.5 -> 176 (numpy rounds half to even).
+  np.testing.assert_array_equal(out_HW3[0, 2], [176] * 3)
+  # Nothing valid: the plain image.
+  np.testing.assert_array_equal(
+      viz.overlay(image_HW3, cam_HW, valid_HW=np.zeros((2, 3), bool)), image_HW3)
+  with pytest.raises(ValueError, match='valid_HW'):
+    viz.overlay(image_HW3, cam_HW, valid_HW=np.ones((3, 2), bool))
+
+
+def test_shrink_never_upscales_and_reports_scale():
+  image_HW3 = np.zeros((100, 40, 3), np.uint8)
+  same_HW3, scale = viz.shrink(image_HW3, 100)
+  assert same_HW3.shape == (100, 40, 3) and scale == 1.0
+  small_HW3, scale = viz.shrink(image_HW3, 50)
+  assert small_HW3.shape == (50, 20, 3) and scale == 0.5
+  # Antialiased: a fine checkerboard averages to grey rather than aliasing.
+  checker_HW3 = np.zeros((64, 64, 3), np.uint8)
+  checker_HW3[::2, ::2] = checker_HW3[1::2, 1::2] = 255
+  small_HW3, _ = viz.shrink(checker_HW3, 16)
+  assert np.abs(small_HW3.astype(int) - 128).max() <= 2
+
+
+def test_scale_boxes_by_hand():
+  # Edges [10, 30) x [4, 8) at 0.5 -> [5, 15) x [2, 4): inclusive (5, 2, 14, 3).
+  np.testing.assert_array_equal(viz.scale_boxes([[10, 4, 29, 7]], 0.5, (50, 50)), [[5, 2, 14, 3]])
+  # Edges [3, 4) at 0.25 -> [0.75, 1.0) -> [1, 1): kept one pixel wide, (1, 1, 1, 1).
+  np.testing.assert_array_equal(viz.scale_boxes([[3, 3, 3, 3]], 0.25, (10, 10)), [[1, 1, 1, 1]])
+  # Clipped to the image: (0, 0, 19, 9) at 2 -> (0, 0, 39, 19) in a 15 x 30 image.
+  np.testing.assert_array_equal(viz.scale_boxes([[0, 0, 19, 9]], 2, (15, 30)), [[0, 0, 29, 14]])
+  assert viz.scale_boxes(np.zeros((0, 4)), 0.5, (5, 5)).shape == (0, 4)
+
+
+def test_titled_adds_a_strip():
+  out_HW3 = viz.titled(np.zeros((10, 60, 3), np.uint8), 'cat 0.9')
+  assert out_HW3.shape == (24, 60, 3)
+  assert (out_HW3[:14] < 128).any() and (out_HW3[:14] == 255).mean() > 0.5
+  assert not out_HW3[14:].any()
+
+
+def test_grid_sizes_and_placement():
+  tiles = [np.full((4, 6, 3), i, np.uint8) for i in range(4)] + [np.full((7, 2, 3), 9, np.uint8)]
+  out_HW3 = viz.grid(tiles, columns=3, pad=1, background=255)
+  # Cells 7 x 6; 2 rows, 3 columns: (2 * 7 + 1, 3 * 6 + 2).
+  assert out_HW3.shape == (15, 20, 3)
+  np.testing.assert_array_equal(out_HW3[0:4, 7:13], 1)  # tile 1: row 0, column 1
+  np.testing.assert_array_equal(out_HW3[8:12, 0:6], 3)  # tile 3: row 1, column 0
+  np.testing.assert_array_equal(out_HW3[8:15, 7:9], 9)  # tile 4: row 1, column 1, taller
+  assert (out_HW3[4:7, 0:6] == 255).all()  # below the short tile 0: background
+  assert (out_HW3[8:15, 14:20] == 255).all()  # the empty third cell of row 1
+  with pytest.raises(ValueError, match='at least one tile'):
+    viz.grid([], columns=2)
+
+
+def test_top_k_figure_is_one_row_of_titled_tiles():
+  image_HW3 = np.full((20, 30, 3), 128, np.uint8)
+  maps_kHW = [np.random.default_rng(j).random((20, 30)) for j in range(3)]
+  boxes = [np.array([1, 2, 10, 12]), None, np.array([0, 0, 29, 19])]
+  out_HW3 = viz.top_k_figure(image_HW3, maps_kHW, ['a 0.5', 'b 0.3', 'c 0.1'], boxes)
+  assert out_HW3.shape == (14 + 20, 4 * 30 + 3 * 2, 3)
+  np.testing.assert_array_equal(out_HW3[14:, :30], image_HW3)  # the image, untouched
+  tile_x = 32  # the first class's tile, after the image and a 2 px gap
+  np.testing.assert_array_equal(out_HW3[14 + 2, tile_x + 1], viz.PRED_COLOR)  # its box corner
+  second_HW3 = out_HW3[14:, 64:94]
+  assert not np.all(second_HW3 == viz.PRED_COLOR, axis=-1).any()  # no box for 'b'
+  with pytest.raises(ValueError, match='one of each per class'):
+    viz.top_k_figure(image_HW3, maps_kHW, ['a'], boxes)
