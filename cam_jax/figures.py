@@ -91,14 +91,10 @@ def map_on_image(map_hw: np.ndarray, window_4: np.ndarray, orig_hw: tuple[int, i
 
 def _fit_tile(image_HW3: np.ndarray, side: int
               ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-  """The image with its long side near `side` (shrunk, or upscaled by an integer factor so
-  that pixels stay sharp), and the map of inclusive boxes onto it."""
-  long_side = max(image_HW3.shape[:2])
-  if long_side > side:
-    tile_HW3, scale = viz.shrink(image_HW3, side)
-    return tile_HW3, lambda b: viz.scale_boxes(b, scale, tile_HW3.shape[:2])
-  factor = max(1, side // long_side)
-  return viz.upscale(image_HW3, factor), lambda b: viz.upscale_boxes(b, factor)
+  """The image with its long side near `side` (`viz.fit`), and the map of inclusive boxes
+  onto it."""
+  tile_HW3, scale = viz.fit(image_HW3, side, side)
+  return tile_HW3, lambda b: viz.scale_boxes(b, scale, tile_HW3.shape[:2])
 
 
 def _softmax(logits_BC: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ the output folder (default DIR/localize/):
 `<name>` is the file's stem, with `-2`, `-3`, ... added when stems collide. Boxes are the
 paper's (`eval.cam_threshold` of each map's max, largest component), `(x0, y0, x1, y1)`
 with inclusive integer corners in the ORIGINAL image's pixel grid (DESIGN.md §5),
-whatever the network saw. Pictures of images longer than `viz.max_side` are shrunk.
+whatever the network saw. Pictures of images longer than `viz.max_side` are shrunk,
+those shorter than `PICTURE_MIN_SIDE` upscaled by an integer factor.
 
 Files that cannot be used (not an image, truncated, unreadable, not a regular file) are
 skipped with a warning naming each; `main` then exits with status `EXIT_SKIPPED` (3).
@@ -51,6 +52,9 @@ from cam_jax.data import pipeline
 
 EXIT_SKIPPED = 3  # main's exit status when some file was skipped
 PREDICTIONS = 'predictions.jsonl'
+# Pictures of small images (cam_synth's 64×64) are upscaled by an integer factor to about
+# this long side, so that the maps and boxes are visible.
+PICTURE_MIN_SIDE = 192
 
 
 @dataclasses.dataclass
@@ -70,7 +74,7 @@ class _Image:
   orig_hw: tuple[int, int]
   window_4: np.ndarray  # what the network saw, in the original's continuous coordinates
   input_SS3: np.ndarray | None  # normalised network input; None once batched
-  picture_HW3: np.ndarray  # the image shrunk to viz.max_side: the originals are not kept
+  picture_HW3: np.ndarray  # shrunk to viz.max_side (or upscaled if small): originals are not kept
   scale: float  # picture long side / original long side
 
 
@@ -132,7 +136,7 @@ def _read(path: str, name: str, preprocess: pipeline.EvalPreprocess, max_side: i
   orig_hw = image_HW3.shape[:2]
   window_4 = preprocess.window(orig_hw)
   input_SS3 = pipeline.normalize(pipeline.crop_resize(image_HW3, window_4, preprocess.image_size))
-  picture_HW3, scale = viz.shrink(image_HW3, max_side)
+  picture_HW3, scale = viz.fit(image_HW3, max_side, PICTURE_MIN_SIDE)
   return _Image(path, name, orig_hw, window_4, input_SS3, picture_HW3, scale)
 
 

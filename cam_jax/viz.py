@@ -214,6 +214,18 @@ def shrink(image_HW3: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
   return small_HW3, max(new_wh) / long_side
 
 
+def fit(image_HW3: np.ndarray, max_side: int, min_side: int = 0) -> tuple[np.ndarray, float]:
+  """The image with its long side at most `max_side` (`shrink`) or, when it is shorter
+  than `min_side`, upscaled by the integer factor that brings it nearest below
+  `min_side` (nearest neighbour: pixels stay sharp). Returns `(image, scale)`, scale =
+  new long side / old long side, for `scale_boxes`."""
+  long_side = max(_check_image(image_HW3).shape[:2])
+  if long_side >= min_side:
+    return shrink(image_HW3, max_side)
+  factor = max(1, min(min_side, max_side) // long_side)
+  return upscale(image_HW3, factor), float(factor)
+
+
 def scale_boxes(boxes_N4: np.ndarray, scale: float, hw: tuple[int, int]) -> np.ndarray:
   """Boxes `(x0, y0, x1, y1)` (inclusive corners) on an image resized by `scale`.
 

@@ -130,18 +130,21 @@ def test_box_is_in_the_original_grid_and_overlay_red_where_the_cam_is_hot(workdi
   assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-6
 
   overlay = np.asarray(Image.open(os.path.join(out, 'wide.overlay.png')), np.int32)
-  assert overlay.shape == (48, 96, 3)  # shorter than viz.max_side: not shrunk
+  # Shorter than localize.PICTURE_MIN_SIDE (192): upscaled ×2 (192 // 96), every original
+  # pixel (x, y) a 2×2 block at (2x, 2y).
+  assert overlay.shape == (96, 192, 3)
   r, b = overlay[..., 0], overlay[..., 2]
-  assert (r[14:34, 26:46] > b[14:34, 26:46] + 30).all()  # inside the square: hot
-  cold = np.ones((48, 96), bool)
-  cold[9:39, 20:52] = False  # the square, its ramp and the box outline
+  assert (r[28:68, 52:92] > b[28:68, 52:92] + 30).all()  # inside the square: hot
+  cold = np.ones((96, 192), bool)
+  cold[18:78, 40:104] = False  # the square, its ramp and the box outline
   assert (b[cold] > r[cold]).all()
-  # The red box outline (2 px) on the JSON box.
-  assert tuple(overlay[24, 22]) == (255, 0, 0) and tuple(overlay[11, 30]) == (255, 0, 0)
+  # The red box outline (2 px, inwards) on the JSON box, ×2: (44, 22, 99, 73).
+  assert tuple(overlay[48, 44]) == (255, 0, 0) and tuple(overlay[22, 60]) == (255, 0, 0)
+  assert tuple(overlay[48, 45]) == (255, 0, 0) and tuple(overlay[48, 43]) != (255, 0, 0)
 
   figure = np.asarray(Image.open(os.path.join(out, 'wide.top5.png')))
   # Fig. 4 layout: the image then 4 overlays, each under a 14 px title strip, 2 px apart.
-  assert figure.shape == (14 + 48, 5 * 96 + 4 * 2, 3)
+  assert figure.shape == (14 + 96, 5 * 192 + 4 * 2, 3)
 
 
 def test_bad_files_are_named_and_main_exits_3(workdir, tmp_path):

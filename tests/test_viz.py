@@ -215,3 +215,17 @@ def test_top_k_figure_is_one_row_of_titled_tiles():
   assert not np.all(second_HW3 == viz.PRED_COLOR, axis=-1).any()  # no box for 'b'
   with pytest.raises(ValueError, match='one of each per class'):
     viz.top_k_figure(image_HW3, maps_kHW, ['a'], boxes)
+
+
+def test_fit_shrinks_large_images_and_upscales_small_ones_by_an_integer_factor():
+  image = np.zeros((30, 50, 3), np.uint8)
+  image[10, 20] = 255
+  # 50 < 160: factor 160 // 50 = 3 (nearest below), pixel (20, 10) -> block 60..62, 30..32.
+  big, scale = viz.fit(image, 512, 160)
+  assert big.shape == (90, 150, 3) and scale == 3.0
+  assert big[30:33, 60:63].min() == 255 and big.sum() == 9 * 3 * 255
+  np.testing.assert_array_equal(viz.scale_boxes(np.array([[20, 10, 20, 10]]), scale,
+                                                big.shape[:2]), [[60, 30, 62, 32]])
+  # Long side 50 > 40: shrink to 40 (scale 0.8); already between the two: untouched.
+  assert viz.fit(image, 40, 10)[0].shape == (24, 40, 3)
+  assert viz.fit(image, 64, 32)[1] == 1.0
