@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from scipy import special
 
 from cam_jax import box_stage
 from cam_jax import boxes as boxes_lib
@@ -210,8 +211,7 @@ def _picture(batch: dict[str, np.ndarray], i: int, out: dict[str, np.ndarray],
                                             (params.cam_threshold,))
   pred = int(out['classes_Bk'][i, 0])
   label = int(batch['label'][i])
-  logits_C = out['logits_BC'][i].astype(np.float64)
-  prob = 1.0 / np.exp(logits_C - logits_C[pred]).sum()  # softmax of the predicted class
+  prob = special.softmax(out['logits_BC'][i].astype(np.float64))[pred]
   title = f'#{int(batch["index"][i])} {names[label]} -> {names[pred]} {prob:.2f}'
   return viz.cam_figure(image, box_stage.on_input_grid(map_hw, size), gt_M4,
                         to_input(box_4)[0], factor=max(1, 256 // size), title=title)

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from scipy import special
 
 from cam_jax import box_stage
 from cam_jax import data as data_lib
@@ -77,30 +78,12 @@ class TopPerClass:
             for c in classes]
 
 
-def map_on_image(map_hw: np.ndarray, window_4: np.ndarray, orig_hw: tuple[int, int]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-  """A map covering `window_4` of the original image, on the whole original grid:
-  `(map_HW, valid_HW)`, zero and False where the network did not see the image."""
-  block_hw, (ox, oy) = windows.map_to_original(map_hw, window_4, orig_hw)
-  map_HW = np.zeros(orig_hw, np.float32)
-  valid_HW = np.zeros(orig_hw, bool)
-  map_HW[oy:oy + block_hw.shape[0], ox:ox + block_hw.shape[1]] = block_hw
-  valid_HW[oy:oy + block_hw.shape[0], ox:ox + block_hw.shape[1]] = True
-  return map_HW, valid_HW
-
-
 def _fit_tile(image_HW3: np.ndarray, side: int
               ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
   """The image with its long side near `side` (`viz.fit`), and the map of inclusive boxes
   onto it."""
   tile_HW3, scale = viz.fit(image_HW3, side, side)
   return tile_HW3, lambda b: viz.scale_boxes(b, scale, tile_HW3.shape[:2])
-
-
-def _softmax(logits_BC: np.ndarray) -> np.ndarray:
-  z_BC = np.asarray(logits_BC, np.float64)
-  z_BC = np.exp(z_BC - z_BC.max(-1, keepdims=True))
-  return z_BC / z_BC.sum(-1, keepdims=True)
 
 
 def write_evaluation_figures(config: ml_collections.ConfigDict, model: nnx.Module,
@@ -145,7 +128,7 @@ def write_evaluation_figures(config: ml_collections.ConfigDict, model: nnx.Modul
       backprop_BThw = sharding.to_host(backprop, mesh)['maps_BThw']
     if not writer:
       continue
-    probs_BC = _softmax(out['logits_BC'])
+    probs_BC = special.softmax(out['logits_BC'].astype(np.float64), axis=-1)
     for i in range(n):
       label, index = int(batch['label'][i]), int(batch['index'][i])
       # Copies: a view would keep the whole batch alive as long as the item.
@@ -171,7 +154,7 @@ def write_evaluation_figures(config: ml_collections.ConfigDict, model: nnx.Modul
     return pipeline.decode(source[index], index)
 
   def cam_tile(image_HW3, map_hw, window_4, orig_hw, title, boxes=()):
-    map_HW, valid_HW = map_on_image(map_hw, window_4, orig_hw)
+    map_HW, valid_HW = windows.map_on_image(map_hw, window_4, orig_hw)
     tile_HW3, to_tile = _fit_tile(viz.overlay(image_HW3, map_HW, valid_HW=valid_HW, **style),
                                   side)
     for boxes_N4, color in boxes:
@@ -194,7 +177,7 @@ def write_evaluation_figures(config: ml_collections.ConfigDict, model: nnx.Modul
       continue
     image_HW3 = image_of(f['index'])
     cam = cam_tile(image_HW3, f['cam_label'], f['window'], f['orig_hw'], 'CAM')
-    saliency_HW, valid_HW = map_on_image(f['backprop'], f['window'], f['orig_hw'])
+    saliency_HW, valid_HW = windows.map_on_image(f['backprop'], f['window'], f['orig_hw'])
     saliency_HW3 = viz.overlay(image_HW3, saliency_HW, heat_weight=1.0, image_weight=0.0,
                                colormap='gray', valid_HW=valid_HW)
     rows += [viz.titled(_fit_tile(image_HW3, side)[0], names[f['label']]), cam,

@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from scipy import special
 
 from cam_jax import box_stage
 from cam_jax import data as data_lib
@@ -218,43 +219,26 @@ def class_names(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> list
 # ---------------------------------------------------------------------------
 
 def _maps_on_picture(maps_khw: np.ndarray, image: _Image
-                     ) -> tuple[list[np.ndarray], np.ndarray | None]:
+                     ) -> tuple[list[np.ndarray], np.ndarray]:
   """Each map resampled through the window onto the picture's pixels, and the pixels the
-  network saw (None: all of them).
+  network saw.
 
-  The picture is the original shrunk, so the window is shrunk with it (per axis, as the
+  The picture is the original resized, so the window is resized with it (per axis, as the
   picture was rounded to whole pixels): the same resampling as onto the original, without
   ever building an original-sized map for a picture.
   """
   pic_h, pic_w = image.picture_HW3.shape[:2]
   sx, sy = pic_w / image.orig_hw[1], pic_h / image.orig_hw[0]
   window_4 = np.asarray(image.window_4, np.float64) * [sx, sy, sx, sy]
-  out, valid_HW = [], None
-  for map_hw in maps_khw:
-    block, (ox, oy) = windows.map_to_original(map_hw, window_4, (pic_h, pic_w))
-    bh, bw = block.shape
-    if (bh, bw) == (pic_h, pic_w):
-      out.append(block)
-      continue
-    # Outside the window: the block's minimum, so that it does not stretch the colours.
-    full_HW = np.full((pic_h, pic_w), block.min(), np.float32)
-    full_HW[oy:oy + bh, ox:ox + bw] = block
-    out.append(full_HW)
-    valid_HW = np.zeros((pic_h, pic_w), bool)
-    valid_HW[oy:oy + bh, ox:ox + bw] = True
-  return out, valid_HW
-
-
-def _softmax(logits_C: np.ndarray) -> np.ndarray:
-  z = logits_C.astype(np.float64) - logits_C.max()
-  return np.exp(z) / np.exp(z).sum()
+  placed = [windows.map_on_image(m, window_4, (pic_h, pic_w)) for m in maps_khw]
+  return [map_HW for map_HW, _ in placed], placed[0][1]
 
 
 def _write_image(image: _Image, logits_C: np.ndarray, classes_k: np.ndarray,
                  maps_khw: np.ndarray, names: list[str], config: ml_collections.ConfigDict,
                  output_dir: str) -> dict[str, Any]:
   """Writes the two pictures of one image; returns its JSON record."""
-  probs_C = _softmax(logits_C)
+  probs_C = special.softmax(logits_C.astype(np.float64))
   boxes_k4 = np.concatenate([
       box_stage.paper_boxes_on_original(m, image.window_4, image.orig_hw,
                                         (config.eval.cam_threshold,)) for m in maps_khw])

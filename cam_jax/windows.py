@@ -7,9 +7,10 @@ resize it to S×S": the window `(x0, y0, x1, y1)` is in the original's continuou
 coordinates (pixel i covers [i, i + 1)). Whole-image resize, shorter-side resize + centre
 crop and the random resized crop of training are windows, so one pair of functions,
 `boxes_to_input` and `boxes_to_original`, maps boxes either way for all of them, and
-`map_to_original` resamples a map (a CAM) from the input onto the original pixels: the
-eval transform's inverse, through which predictions are scored on the original image
-whatever the network saw (DESIGN.md §5).
+`map_to_original` resamples a map (a CAM) from the input onto the original pixels (and
+`map_on_image` places it on the whole image, for pictures): the eval transform's inverse,
+through which predictions are scored on the original image whatever the network saw
+(DESIGN.md §5).
 
 Boxes are `(x0, y0, x1, y1)`, inclusive integer pixel corners (DESIGN.md §5).
 """
@@ -160,3 +161,15 @@ def _sample_matrix(n: int, w0: float, w1: float, size: int) -> tuple[np.ndarray,
   weights[rows, i0] += 1 - frac
   weights[rows, i1] += frac
   return weights, first
+
+
+def map_on_image(map_hw: np.ndarray, window_4: np.ndarray, orig_hw: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """A map covering `window_4` of the original image, on the whole original grid:
+  `(map_HW, valid_HW)`, zero and False where the network did not see the image."""
+  block_hw, (ox, oy) = map_to_original(map_hw, window_4, orig_hw)
+  map_HW = np.zeros(orig_hw, np.float32)
+  valid_HW = np.zeros(orig_hw, bool)
+  map_HW[oy:oy + block_hw.shape[0], ox:ox + block_hw.shape[1]] = block_hw
+  valid_HW[oy:oy + block_hw.shape[0], ox:ox + block_hw.shape[1]] = True
+  return map_HW, valid_HW

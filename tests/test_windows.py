@@ -90,3 +90,19 @@ def test_map_through_a_bad_window_raises():
     windows.map_to_original(np.ones((2, 2)), np.array([10, 0, 12, 2]), (2, 8))
   with pytest.raises(ValueError, match='non-empty 2-D'):
     windows.map_to_original(np.ones(3), np.array([0, 0, 1, 1]), (1, 1))
+
+
+def test_map_on_image_places_the_window_and_marks_it_valid():
+  # A 2×2 map over the window x in [2, 6), y in [0, 4) of a 4×8 image: each map cell covers
+  # 2×2 original pixels, whose bilinear samples at the pixel centres are 1/4 and 3/4 of the
+  # way between cell centres (clamped at the edges).
+  map_hw = np.array([[0.0, 4.0], [8.0, 12.0]])
+  map_HW, valid_HW = windows.map_on_image(map_hw, np.array([2.0, 0.0, 6.0, 4.0]), (4, 8))
+  assert map_HW.shape == (4, 8) and valid_HW.shape == (4, 8)
+  expected_valid = np.zeros((4, 8), bool)
+  expected_valid[:, 2:6] = True
+  np.testing.assert_array_equal(valid_HW, expected_valid)
+  assert not map_HW[~valid_HW].any()
+  # Row 0: x samples 0, 0.25, 0.75, 1 of a cell -> 0, 1, 3, 4.
+  np.testing.assert_allclose(map_HW[0, 2:6], [0, 1, 3, 4])
+  np.testing.assert_allclose(map_HW[:, 2], [0, 2, 6, 8])
