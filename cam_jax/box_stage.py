@@ -36,6 +36,7 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
+from absl import logging
 
 from cam_jax import box_sweep
 from cam_jax import boxes as boxes_lib
@@ -303,13 +304,22 @@ class BoxStage:
   """Scores images in chunks on `workers` processes (-1: one per host core; 0: in this
   process), overlapping with whatever the caller does next; `finish()` gives the summed
   `Scores.state()`. Results are summed in submission order: the totals are the same for
-  any number of workers."""
+  any number of workers.
+
+  If the worker processes die (killed, out of memory, or unable to start: a script
+  without the `if __name__ == '__main__':` guard), the chunks they held are scored here
+  and the rest of the run stays in this process, with a warning: the totals are the same.
+  An error raised while scoring (a map with nan) reaches the caller.
+  """
 
   def __init__(self, params: BoxParams, workers: int = -1):
     self.params = params
     self.workers = host_cores() if workers < 0 else int(workers)
     self._pool = _pool(self.workers) if self.workers > 0 else None
-    self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
+    # (future, chunk): the chunk is kept until its result is in, to be scored here if
+    # the pool breaks.
+    self._pending: collections.deque[tuple[concurrent.futures.Future, dict]] = (
+        collections.deque())
     self._total = Scores(params).state()  # zeros of every counter
 
   def _add(self, state: Mapping[str, Any]) -> None:
@@ -325,26 +335,48 @@ class BoxStage:
       if self._pool is None:
         self._add(score_chunk(self.params, chunk))
         continue
-      self._pending.append(self._pool.submit(score_chunk, self.params, chunk))
+      try:
+        future = self._pool.submit(score_chunk, self.params, chunk)
+      except concurrent.futures.process.BrokenProcessPool as e:
+        self._fall_back(e)
+        self._add(score_chunk(self.params, chunk))
+        continue
+      self._pending.append((future, chunk))
       while len(self._pending) > 2 * self.workers:
-        self._add(self._wait(self._pending.popleft()))
+        self._add_oldest()
 
   def finish(self) -> dict[str, Any]:
     """Waits for every chunk; the summed counts."""
     while self._pending:
-      self._add(self._wait(self._pending.popleft()))
+      self._add_oldest()
     return dict(self._total)
 
-  def _wait(self, future: concurrent.futures.Future) -> dict[str, Any]:
+  def _add_oldest(self) -> None:
+    future, chunk = self._pending.popleft()
     try:
-      return future.result()
-    except concurrent.futures.process.BrokenProcessPool:
-      # A worker died (killed, out of memory): this pool cannot run anything again.
-      _POOLS.pop(self.workers, None)
-      self.cancel()
-      raise
+      state = future.result()
+    except concurrent.futures.process.BrokenProcessPool as e:
+      self._add(score_chunk(self.params, chunk))  # this chunk first: the order of the sums
+      self._fall_back(e)
+      return
+    self._add(state)
+
+  def _fall_back(self, error: Exception) -> None:
+    """The pool is broken: score everything from now on in this process, in order."""
+    if self._pool is None:
+      return
+    logging.warning('The %d box-stage worker processes died (%s); scoring in the main '
+                    'process from here on (same results, slower).', self.workers, error)
+    _POOLS.pop(self.workers, None)
+    self._pool = None
+    # Futures of a broken pool all fail: score their chunks here, oldest first.
+    for future, _ in self._pending:
+      future.cancel()
+    pending, self._pending = list(self._pending), collections.deque()
+    for _, chunk in pending:
+      self._add(score_chunk(self.params, chunk))
 
   def cancel(self) -> None:
     """Drops the chunks not started (after an error elsewhere)."""
     while self._pending:
-      self._pending.popleft().cancel()
+      self._pending.popleft()[0].cancel()

@@ -1,6 +1,8 @@
 """The host box stage: the paper's protocol and the WSOL counts on hand-made maps, and the
 worker processes against the main process."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -254,3 +256,28 @@ def test_a_workers_error_reaches_the_caller():
   stage.submit(images)
   with pytest.raises(ValueError, match='non-finite'):
     stage.finish()
+
+
+class _DiesWhenUnpickled:
+  """Kills the worker process that unpickles it, as an out-of-memory kill would."""
+
+  def __reduce__(self):
+    return (os._exit, (1,))
+
+
+def test_dead_workers_leave_the_work_to_the_main_process(caplog):
+  rng = np.random.default_rng(2)
+  params = box_stage.BoxParams(16, box_threshold_step=0.05, with_masks=True)
+  batches = [_random_images(n, rng) for n in (13, 8)]
+  in_main = box_stage.BoxStage(params, 0)
+  for images in batches:
+    in_main.submit(images)
+  stage = box_stage.BoxStage(params, 1)
+  for images in batches:
+    # An extra array that score_chunk does not read, but the worker must unpickle.
+    images['poison'] = np.array([_DiesWhenUnpickled()] * len(images['label']), dtype=object)
+    stage.submit(images)
+  got, want = stage.finish(), in_main.finish()
+  for key, value in want.items():
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+  assert 'box-stage worker processes died' in caplog.text
