@@ -327,16 +327,15 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       results.pop('pictures', None)
       logging.info('step %d eval: %s', step, evaluate_lib.format_brief(results))
       writer.write({'step': step, 'split': config.data.eval_split, **results})
-      if best is not None and best.update(step, state,
-                                          checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names),
-                                          results):
+      meta = checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names)
+      if best is not None and best.update(step, state, meta, results):
         logging.info('step %d: best %s so far (%.4f), saved in %s', step, best.metric,
                      best.value, best.manager.directory)
 
     if checkpoint_now:
-      checkpoints.save_checkpoint(manager, step, state,
-                                  checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names),
-                                  batches)
+      checkpoints.save_checkpoint(
+          manager, step, state,
+          checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names), batches)
     if preempted:
       logging.warning('SIGTERM: saved a checkpoint at step %d in %s; run the same command to '
                       'resume.', step, manager.directory)

@@ -4,7 +4,8 @@ r"""Copies the README's pictures into docs/ from a trained default run (under 30
   python -m cam_jax.main --config=configs/synthetic_gap.py --workdir=runs/synthetic
   python -m cam_jax.main --config=configs/synthetic_gap.py --workdir=runs/synthetic \
       --mode=localize --images=PAIR.png --output_dir=runs/synthetic/localize
-  python docs/make_pictures.py --workdir=runs/synthetic --localized=runs/synthetic/localize/PAIR.top5.png
+  python docs/make_pictures.py --workdir=runs/synthetic \
+      --localized=runs/synthetic/localize/PAIR.top5.png
 
 PAIR.png (`--write_pair`): cam_synth test images 5 and 6 side by side (128×64), so that
 the network sees a non-square image squashed to 64×64 and the boxes come back in the
