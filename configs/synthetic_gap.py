@@ -5,8 +5,8 @@ r"""A small GAP network on the embedded synthetic dataset: the whole paper on a 
 Prepares `cam_synth` (11,000 64×64 images, about 20 s) on first use, trains SmallGAP
 (mapping resolution 32×32) for 600 steps, evaluates classification and localization on
 the 1,000 test images, and writes eval.json, metrics.jsonl, checkpoints, CAM pictures and
-the paper's figures in the workdir. Measured on 2 CPU cores: 7 min 35 s to 7 min 54 s and
-1.1 to 1.5 GB, GT-known localization 81.0 %, classification error 0.7 %
+the paper's figures in the workdir. Measured on 2 CPU cores: 7 min 35 s to 8 min and
+1.1 GB, GT-known localization 81.0 %, classification error 0.7 %
 (benchmarks/RESULTS.md).
 
 `--config=configs/synthetic_gap.py:tiny` is a few steps on 32×32 images, for tests and
