@@ -1,7 +1,8 @@
 """The host side of a localization evaluation: maps in, counts out, on all host cores.
 
-The device gives, per image, the maps (CAMs, or a saliency baseline's) of its top-k
-classes and of its label at the maps' own resolution (a CAM's h×w feature grid); this
+The device gives, per image, its top-k classes and the maps (CAMs, or a saliency
+baseline's) of some of them (evaluation: the top 1) and of its label, at the maps' own
+resolution (a CAM's h×w feature grid); this
 module scores them against the ground truth (DESIGN.md §5; boxes `(x0, y0, x1, y1)`,
 inclusive integer corners, in the original image's pixel grid):
 
@@ -94,8 +95,9 @@ def score_paper(classes_k: np.ndarray, label: int, maps_Thw: np.ndarray, gt_M4: 
                 ) -> dict[str, float]:
   """The paper's protocol for one image (Sec. 3.2, Tables 2-3).
 
-  `maps_Thw` holds the maps of the top k classes `classes_k` (best first) and, last, of
-  the label, covering `window_4` of the `orig_hw` image; `gt_M4` the ground-truth boxes
+  `maps_Thw` holds the maps of the first T - 1 of the top k classes `classes_k` (best
+  first; T - 1 may be less than k) and, last, of the label, covering `window_4` of the
+  `orig_hw` image; `gt_M4` the ground-truth boxes
   in the original's grid (inclusive corners).
 
   Returns 0/1 counts `loc_top1`, `loc_topk` (a top-k class is the label and its box has
@@ -108,10 +110,11 @@ def score_paper(classes_k: np.ndarray, label: int, maps_Thw: np.ndarray, gt_M4: 
   gt_t = len(maps_Thw) - 1
   ranks = np.flatnonzero(classes_k == label)
   rank = int(ranks[0]) if len(ranks) else None
-  # The map of the label at its rank is the label's map (a CAM is a function of the class
-  # alone): box it once.
+  # The map of the label at its rank is the label's map (a map is a function of the class
+  # alone): box it once. Maps of the top classes may stop short of the label's rank
+  # (evaluation computes the top-1 map only); the label's own map stands for it then.
   rank_t = rank
-  if rank is not None and np.array_equal(maps_Thw[rank], maps_Thw[gt_t]):
+  if rank is not None and (rank >= gt_t or np.array_equal(maps_Thw[rank], maps_Thw[gt_t])):
     rank_t = gt_t
   tight, loose = params.heuristic_thresholds
   needed: dict[int, set[float]] = collections.defaultdict(set)

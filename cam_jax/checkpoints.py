@@ -84,16 +84,7 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
-  where = os.path.join(str(manager.directory), str(step))
-  meta = read_meta(manager, step)
-  expected_meta = json.loads(json.dumps(expected_meta))  # as stored: tuples become lists
-  diffs = {k: (meta.get(k), expected_meta[k]) for k in _COMPATIBLE_KEYS
-           if meta.get(k) != expected_meta[k]}
-  if diffs:
-    detail = '; '.join(f'{k}: checkpoint has {a!r}, config asks for {b!r}'
-                       for k, (a, b) in diffs.items())
-    raise ValueError(f'The checkpoint in {where} is of an incompatible model ({detail}). '
-                     'Use another --workdir, or the config that wrote it.')
+  where = _check_meta(manager, step, expected_meta)
   items = {'state': ocp.args.StandardRestore(abstract_state)}
   if data_iterator is not None:
     if not os.path.isdir(os.path.join(where, 'data')):
@@ -106,6 +97,40 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
     raise ValueError(f'The checkpoint in {where} does not fit the model of this config '
                      f'({type(e).__name__}: {e}). Use another --workdir.') from e
   return step, restored['state']
+
+
+def _check_meta(manager: ocp.CheckpointManager, step: int,
+                expected_meta: dict[str, Any]) -> str:
+  """The checkpoint's folder, after checking that it is of the config's model and dataset;
+  raises ValueError naming the differences otherwise."""
+  where = os.path.join(str(manager.directory), str(step))
+  meta = read_meta(manager, step)
+  expected_meta = json.loads(json.dumps(expected_meta))  # as stored: tuples become lists
+  diffs = {k: (meta.get(k), expected_meta[k]) for k in _COMPATIBLE_KEYS
+           if meta.get(k) != expected_meta[k]}
+  if diffs:
+    detail = '; '.join(f'{k}: checkpoint has {a!r}, config asks for {b!r}'
+                       for k, (a, b) in diffs.items())
+    raise ValueError(f'The checkpoint in {where} is of an incompatible model ({detail}). '
+                     'Use another --workdir, or the config that wrote it.')
+  return where
+
+
+def restore_model_state(manager: ocp.CheckpointManager, abstract_model_state: Any,
+                        expected_meta: dict[str, Any], step: int) -> Any:
+  """The model's part of a saved train state (the first of `(model, optimizer)`), onto
+  the shardings of `abstract_model_state`; the optimizer state is not read (AdamW's is
+  twice the model's size). Raises as `restore_checkpoint` does."""
+  where = _check_meta(manager, step, expected_meta)
+  target = nnx.State({0: abstract_model_state})
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'The checkpoint in {where} does not fit the model of this config '
+                     f'({type(e).__name__}: {e}). Use another --workdir.') from e
+  return restored['state'][0]
 
 
 # ---------------------------------------------------------------------------

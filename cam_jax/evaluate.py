@@ -1,8 +1,8 @@
 """Classification and localization metrics over a dataset split (DESIGN.md §5).
 
 Device side (one jitted pass per batch, `make_predict_fn`): logits, the top-k classes and
-the maps of those classes and of the label at the maps' own resolution (a CAM's h×w
-feature grid). Host side (`cam_jax.box_stage`, on every host core, while the device runs
+the maps of the top-1 class (for pictures) and of the label, at the maps' own resolution
+(a CAM's h×w feature grid); the label's map is the one every box metric scores. Host side (`cam_jax.box_stage`, on every host core, while the device runs
 the next batch): the boxes, on the original image through the eval window's inverse, and
 the counts. The centre baseline and classification are counted here.
 
@@ -56,16 +56,20 @@ from cam_jax.data import pipeline
 
 
 def make_predict_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, top_k: int,
-                    saliency: str | None = 'cam', map_hw: tuple[int, int] | None = None
-                    ) -> Callable:
+                    saliency: str | None = 'cam', map_hw: tuple[int, int] | None = None,
+                    map_top: int | None = None) -> Callable:
   """`predict(state, images_BHWC, labels_B) -> dict`, jitted over the mesh.
 
   The dict holds `logits_BC`, `classes_Bk` (top k, best first) and, unless `saliency` is
-  None (classification only), `maps_BThw` for T = k + 1 classes: the top k, then the
-  label (for GT-known localization): CAMs, or the maps of `saliency` ('backprop',
-  'gradcam'), at `map_hw` (default: their own resolution; bilinear).
+  None (classification only), `maps_BThw` for T = m + 1 classes: the top m (`map_top`,
+  default k), then the label (for GT-known localization): CAMs, or the maps of
+  `saliency` ('backprop', 'gradcam'), at `map_hw` (default: their own resolution;
+  bilinear). A class's map does not depend on its rank, so scoring needs only the
+  label's: evaluation asks for m = 1 (the top-1 map, for pictures), which spares the
+  saliency baselines k - 1 backward passes.
   """
   maps_method = saliency_lib.get_saliency(saliency) if saliency else None
+  map_top = top_k if map_top is None else min(map_top, top_k)
 
   def predict(state, images_BHWC, labels_B):
     model = nnx.merge(graphdef, state)
@@ -76,7 +80,8 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, top_k: i
     classes_Bk = cam_lib.top_k_classes(logits_BC, top_k)
     out = {'logits_BC': logits_BC.astype(jnp.float32), 'classes_Bk': classes_Bk}
     if maps_method is not None:
-      class_ids_BT = jnp.concatenate([classes_Bk, labels_B[:, None].astype(jnp.int32)], 1)
+      class_ids_BT = jnp.concatenate(
+          [classes_Bk[:, :map_top], labels_B[:, None].astype(jnp.int32)], 1)
       out['maps_BThw'] = maps_fn(class_ids_BT).astype(jnp.float32)
     return out
 
@@ -107,7 +112,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
     localization = False
   graphdef, state = nnx.split(model)
   predict = make_predict_fn(graphdef, mesh, top_k=top_k,
-                            saliency=method if localization else None)
+                            saliency=method if localization else None, map_top=1)
   with_masks = localization and info.has_masks
   params = box_stage.BoxParams.from_config(ev, size, with_masks)
   stage = box_stage.BoxStage(params, ev.get('box_workers', -1)) if localization else None

@@ -437,10 +437,15 @@ def restore_model_at(config: ml_collections.ConfigDict, directory: str,
     meta = checkpoints.read_meta(manager, step)
     if num_classes is None:
       num_classes = int(meta['num_classes'])
-    graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
-    _, state = checkpoints.restore_checkpoint(
-        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0), step=step)
-  return nnx.merge(graphdef, state)[0], step, meta
+    # The model alone: evaluation and localize never read the optimizer state.
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(
+        lambda: create_model(config, num_classes, config.seed)))
+    repl = sharding.replicated(mesh)
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract_state)
+    state = checkpoints.restore_model_state(
+        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0), step)
+  return nnx.merge(graphdef, state), step, meta
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -135,6 +135,15 @@ def test_a_different_map_at_the_labels_rank_is_the_one_scored_for_top_k():
   assert _flags(_score([2], 2, [wrong, right], [[1, 1, 4, 4]])) == (False, False, True)
 
 
+def test_maps_of_the_top_1_only_stand_the_labels_map_in_for_its_rank():
+  # Evaluation computes the top-1 map and the label's: the label ranked 2nd is scored with
+  # its own map (a map is a function of the class, not of the rank).
+  wrong = _blob((8, 8), (5, 5, 7, 7))
+  right = _blob((8, 8), (1, 1, 4, 4))
+  got = _score([3, 2, 6], 2, [wrong, right], [[1, 1, 4, 4]])
+  assert _flags(got) == (False, True, True) and got['loc_heuristic'] == 1.0
+
+
 # --- MaxBoxAcc, MaxBoxAccV2, PxAP -----------------------------------------------------
 
 def test_wsol_scores_by_hand():
