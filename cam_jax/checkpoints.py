@@ -191,18 +191,33 @@ def param_path(path: tuple) -> str:
   return '/'.join(names)
 
 
+def checkpoint_location(path: str) -> tuple[str, int | None]:
+  """`(folder of steps, step or None for the latest)` of a workdir, its checkpoints/ or
+  best/ folder, or one step folder (`.../checkpoints/600`)."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return os.path.join(path, 'checkpoints'), None
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.isdir(os.path.join(path, 'meta')):
+    return os.path.dirname(path), int(base)
+  if os.path.isdir(path):
+    return path, None
+  raise FileNotFoundError(f'checkpoint {path} does not exist: give a workdir, its '
+                          'checkpoints/ or best/ folder, or one step folder')
+
+
 def load_params_from(model: nnx.Module, directory: str, step: int | None,
                      reinit: tuple[str, ...]) -> list[str]:
-  """Copies every parameter of the checkpoint in `directory` (a workdir, or its
-  checkpoints/ or best/ folder) into `model`, except those whose path matches one of the
-  `reinit` regexes (default config: the head), which keep their fresh initialisation.
+  """Copies every parameter of the checkpoint in `directory` (`checkpoint_location`: a
+  workdir, its checkpoints/ or best/ folder, or one step folder) into `model`, except
+  those whose path matches one of the `reinit` regexes (default config: the head), which
+  keep their fresh initialisation.
 
   Returns the paths copied. Raises naming the parameter when the checkpoint lacks one or
   holds another shape. BatchNorm statistics are copied with the weights.
   """
-  directory = os.path.abspath(directory)
-  if os.path.isdir(os.path.join(directory, 'checkpoints')):
-    directory = os.path.join(directory, 'checkpoints')
+  directory, path_step = checkpoint_location(directory)
+  step = path_step if step is None else step
   handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
   with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
     step = manager.latest_step() if step is None else step

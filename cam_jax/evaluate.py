@@ -2,9 +2,10 @@
 
 Device side (one jitted pass per batch, `make_predict_fn`): logits, the top-k classes and
 the maps of the top-1 class (for pictures) and of the label, at the maps' own resolution
-(a CAM's h×w feature grid); the label's map is the one every box metric scores. Host side (`cam_jax.box_stage`, on every host core, while the device runs
-the next batch): the boxes, on the original image through the eval window's inverse, and
-the counts. The centre baseline and classification are counted here.
+(a CAM's h×w feature grid); the label's map is the one every box metric scores. Host
+side (`cam_jax.box_stage`, on every host core, while the device runs the next batch):
+the boxes, on the original image through the eval window's inverse, and the counts. The
+centre baseline and classification are counted here.
 
 Metrics (fractions in [0, 1]):
 - `cls_top{1,5}_error`: the label is not among the top 1 / 5 classes.
@@ -117,6 +118,9 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
   params = box_stage.BoxParams.from_config(ev, size, with_masks)
   stage = box_stage.BoxStage(params, ev.get('box_workers', -1)) if localization else None
   process_batch = sharding.check_batch_size(ev.batch_size, mesh, 'eval.batch_size')
+  # What the box stage reads of a batch, besides the device's outputs.
+  keys = ['label', 'boxes', 'num_boxes', 'window', 'orig_hw'] + (
+      ['mask', 'ignore'] if with_masks else [])
 
   counts = dict.fromkeys(['num_images', 'cls_top1', 'cls_top5', 'rel_h', 'rel_w', 'num_gt'],
                          0.0)
@@ -141,8 +145,6 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
         continue
       # The host's share: boxes and counts in worker processes, while the loop goes on
       # to the next batch.
-      keys = ['label', 'boxes', 'num_boxes', 'window', 'orig_hw'] + (
-          ['mask', 'ignore'] if with_masks else [])
       stage.submit({'classes_Bk': out['classes_Bk'][:n], 'maps_BThw': out['maps_BThw'][:n],
                     **{k: batch[k][:n] for k in keys}})
       for i in range(n):

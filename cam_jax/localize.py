@@ -41,6 +41,7 @@ from flax import nnx
 from scipy import special
 
 from cam_jax import box_stage
+from cam_jax import checkpoints
 from cam_jax import data as data_lib
 from cam_jax import evaluate as evaluate_lib
 from cam_jax import models
@@ -165,26 +166,11 @@ def _batches(paths: list[str], names: list[str], preprocess: pipeline.EvalPrepro
 # Checkpoint and class names
 # ---------------------------------------------------------------------------
 
-def checkpoint_location(path: str) -> tuple[str, int | None]:
-  """`(folder of steps, step or None for the latest)` of a workdir, its checkpoints/ or
-  best/ folder, or one step folder (`.../checkpoints/600`)."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return os.path.join(path, 'checkpoints'), None
-  base = os.path.basename(path)
-  if base.isdigit() and os.path.isdir(os.path.join(path, 'meta')):
-    return os.path.dirname(path), int(base)
-  if os.path.isdir(path):
-    return path, None
-  raise FileNotFoundError(f'checkpoint {path} does not exist: give a workdir, its '
-                          'checkpoints/ or best/ folder, or one step folder')
-
-
 def restore_for_inference(config: ml_collections.ConfigDict, path: str,
                           mesh: jax.sharding.Mesh) -> tuple[nnx.Module, dict[str, Any], str]:
-  """`(model, meta, step folder)` of the checkpoint at `path` (`checkpoint_location`),
+  """`(model, meta, step folder)` of the checkpoint at `path` (`checkpoints.checkpoint_location`),
   with the checkpoint's own number of classes: no dataset needs to be at hand."""
-  directory, step = checkpoint_location(path)
+  directory, step = checkpoints.checkpoint_location(path)
   try:
     model, step, meta = train.restore_model_at(config, directory, mesh, step=step)
   except FileNotFoundError as e:

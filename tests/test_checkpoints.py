@@ -35,3 +35,16 @@ def test_param_path_of_live_and_restored_trees():
                jax.tree_util.DictKey('kernel'), jax.tree_util.DictKey('value'))]
   assert checkpoints.param_path(live[0]) == 'trunk/3/kernel'
   assert checkpoints.param_path(restored[0]) == 'trunk/3/kernel'
+
+
+def test_checkpoint_locations(tmp_path):
+  work = tmp_path / 'w'
+  (work / 'checkpoints' / '12' / 'meta').mkdir(parents=True)
+  (work / 'best' / '8' / 'meta').mkdir(parents=True)
+  ckpt = str(work / 'checkpoints')
+  assert checkpoints.checkpoint_location(str(work)) == (ckpt, None)
+  assert checkpoints.checkpoint_location(ckpt) == (ckpt, None)
+  assert checkpoints.checkpoint_location(str(work / 'best')) == (str(work / 'best'), None)
+  assert checkpoints.checkpoint_location(os.path.join(ckpt, '12')) == (ckpt, 12)
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    checkpoints.checkpoint_location(str(tmp_path / 'missing'))

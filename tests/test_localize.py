@@ -245,19 +245,6 @@ def test_without_checkpoint_the_error_says_train_first(tmp_path):
     localize.localize(_config(), str(tmp_path / 'empty_workdir'), path)
 
 
-def test_checkpoint_locations(tmp_path):
-  work = tmp_path / 'w'
-  (work / 'checkpoints' / '12' / 'meta').mkdir(parents=True)
-  (work / 'best' / '8' / 'meta').mkdir(parents=True)
-  ckpt = str(work / 'checkpoints')
-  assert localize.checkpoint_location(str(work)) == (ckpt, None)
-  assert localize.checkpoint_location(ckpt) == (ckpt, None)
-  assert localize.checkpoint_location(str(work / 'best')) == (str(work / 'best'), None)
-  assert localize.checkpoint_location(os.path.join(ckpt, '12')) == (ckpt, 12)
-  with pytest.raises(FileNotFoundError, match='does not exist'):
-    localize.checkpoint_location(str(tmp_path / 'missing'))
-
-
 def test_colliding_stems_get_unique_names():
   paths = ['x/a.png', 'y/a.jpg', 'z/A.png', 'a-2.png', 'b.png']
   assert localize.output_names(paths) == ['a', 'a-3', 'A-4', 'a-2', 'b']
