@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from cam_jax import box_stage, windows
+from cam_jax import box_stage
 
 _IMAGES = flags.DEFINE_integer('images', 256, 'Images per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds; the median is reported.')
@@ -51,9 +51,7 @@ def make_images(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
   """Batch arrays as evaluate() sends them to the box stage."""
   feature = _FEATURE.value
   coarse = rng.normal(size=(n, _T, 4, 4)).astype(np.float32)
-  maps = np.stack([[windows.map_to_original(m, windows.whole_window((feature, feature)),
-                                            (feature, feature))[0] for m in image]
-                   for image in coarse])
+  maps = np.stack([[box_stage.on_input_grid(m, feature) for m in image] for image in coarse])
   labels = rng.integers(0, 1000, n).astype(np.int32)
   classes = rng.integers(0, 1000, (n, 5)).astype(np.int32)
   rank = rng.integers(0, 5, n)
