@@ -26,10 +26,16 @@ def class_activation_maps(feats_BhwK: jax.Array, kernel_KC: jax.Array,
   w_BKT = jnp.take(kernel_KC, class_ids_BT, axis=1).transpose(1, 0, 2)
   cams_BThw = jnp.einsum('bhwk,bkt->bthw', feats_BhwK, w_BKT.astype(feats_BhwK.dtype),
                          preferred_element_type=jnp.float32)
-  if out_hw is None or tuple(out_hw) == cams_BThw.shape[2:]:
-    return cams_BThw
-  B, T = cams_BThw.shape[:2]
-  return jax.image.resize(cams_BThw, (B, T, *out_hw), method='bilinear', antialias=False)
+  return resize_maps(cams_BThw, out_hw)
+
+
+def resize_maps(maps_BThw: jax.Array, out_hw: tuple[int, int] | None) -> jax.Array:
+  """Bilinear resize of every map to `out_hw` (half-pixel centres, no antialiasing, as
+  cv2.resize); identity when `out_hw` is None or already the maps' size."""
+  if out_hw is None or tuple(out_hw) == maps_BThw.shape[2:]:
+    return maps_BThw
+  B, T = maps_BThw.shape[:2]
+  return jax.image.resize(maps_BThw, (B, T, *out_hw), method='bilinear', antialias=False)
 
 
 def top_k_classes(logits_BC: jax.Array, k: int) -> jax.Array:

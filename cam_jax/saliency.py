@@ -41,14 +41,6 @@ MapsFn = Callable[[jax.Array], jax.Array]
 Method = Callable[..., tuple[jax.Array, MapsFn]]
 
 
-def _resize(maps_BThw: jax.Array, out_hw: tuple[int, int] | None) -> jax.Array:
-  """Bilinear resize to `out_hw` as `cam.class_activation_maps` does; identity when equal."""
-  if out_hw is None or tuple(out_hw) == maps_BThw.shape[2:]:
-    return maps_BThw
-  B, T = maps_BThw.shape[:2]
-  return jax.image.resize(maps_BThw, (B, T, *out_hw), method='bilinear', antialias=False)
-
-
 def _one_hot_TBC(class_ids_BT: jax.Array, logits_BC: jax.Array) -> jax.Array:
   """One cotangent per class column t: `onehot[t, b] = e_{class_ids[b, t]}`."""
   return jax.nn.one_hot(class_ids_BT.T, logits_BC.shape[-1], dtype=logits_BC.dtype)
@@ -85,7 +77,7 @@ def backprop_maps(model: nnx.Module, images_BHWC: jax.Array,
     # image's own gradient.
     grads_TBHWC, = jax.vmap(vjp_fn)(_one_hot_TBC(class_ids_BT, logits_BC))
     maps_TBHW = jnp.max(jnp.abs(grads_TBHWC.astype(jnp.float32)), axis=-1)
-    return _resize(maps_TBHW.transpose(1, 0, 2, 3), out_hw)
+    return cam_lib.resize_maps(maps_TBHW.transpose(1, 0, 2, 3), out_hw)
 
   return logits_BC, maps_fn
 
@@ -94,12 +86,11 @@ def grad_cam_maps(model: nnx.Module, images_BHWC: jax.Array,
                   out_hw: tuple[int, int] | None = None) -> tuple[jax.Array, MapsFn]:
   """Grad-CAM on `aux['features']`: `(logits_BC, class_ids_BT -> maps_BThw)`; needs the
   model's `logits_from_features`. Maps are ReLU'd at h×w, then resized."""
-  graphdef, state = nnx.split(model)
-  _, aux = nnx.merge(graphdef, state)(images_BHWC, train=False)
+  _, aux = model(images_BHWC, train=False)
   feats_BhwK = aux['features']
 
   def head_fn(feats):
-    return nnx.merge(graphdef, state).logits_from_features(feats, train=False)
+    return model.logits_from_features(feats, train=False)
 
   # The model's own logits go unused, so under jit its head is not computed twice.
   logits_BC, vjp_fn = jax.vjp(head_fn, feats_BhwK)
@@ -108,7 +99,7 @@ def grad_cam_maps(model: nnx.Module, images_BHWC: jax.Array,
     grads_TBhwK, = jax.vmap(vjp_fn)(_one_hot_TBC(class_ids_BT, logits_BC))
     alpha_TBK = jnp.mean(grads_TBhwK.astype(jnp.float32), axis=(2, 3))
     maps_BThw = jnp.einsum('bhwk,tbk->bthw', feats_BhwK.astype(jnp.float32), alpha_TBK)
-    return _resize(jax.nn.relu(maps_BThw), out_hw)
+    return cam_lib.resize_maps(jax.nn.relu(maps_BThw), out_hw)
 
   return logits_BC, maps_fn
 

@@ -301,8 +301,8 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     checkpoint_now = step % config.checkpoint_every == 0 or step == last_step or preempted
     # Metrics are read before every checkpoint, so a NaN never reaches one.
     if step % config.log_every == 0 or checkpoint_now:
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(train_metrics)]))
-                 for k in train_metrics[0]}
+      fetched = jax.device_get(train_metrics)
+      summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       train_metrics = []
       if not all(np.isfinite(v) for v in summary.values()):
         raise FloatingPointError(
