@@ -91,20 +91,25 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
       raise ValueError(f'The checkpoint in {where} has no input pipeline state, so the data '
                        'order cannot be resumed. Use another --workdir.')
     items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+  return step, _restore(manager, step, where, items)['state']
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, where: str,
+             items: dict[str, Any]) -> Any:
+  """`manager.restore` of `items`; a tree that does not fit raises naming the checkpoint."""
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return manager.restore(step, args=ocp.args.Composite(**items))
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f'The checkpoint in {where} does not fit the model of this config '
                      f'({type(e).__name__}: {e}). Use another --workdir.') from e
-  return step, restored['state']
 
 
-def _check_meta(manager: ocp.CheckpointManager, step: int,
-                expected_meta: dict[str, Any]) -> str:
-  """The checkpoint's folder, after checking that it is of the config's model and dataset;
-  raises ValueError naming the differences otherwise."""
+def _check_meta(manager: ocp.CheckpointManager, step: int, expected_meta: dict[str, Any],
+                meta: dict[str, Any] | None = None) -> str:
+  """The checkpoint's folder, after checking that its `meta` (read if not given) is of the
+  config's model and dataset; raises ValueError naming the differences otherwise."""
   where = os.path.join(str(manager.directory), str(step))
-  meta = read_meta(manager, step)
+  meta = read_meta(manager, step) if meta is None else meta
   expected_meta = json.loads(json.dumps(expected_meta))  # as stored: tuples become lists
   diffs = {k: (meta.get(k), expected_meta[k]) for k in _COMPATIBLE_KEYS
            if meta.get(k) != expected_meta[k]}
@@ -117,20 +122,18 @@ def _check_meta(manager: ocp.CheckpointManager, step: int,
 
 
 def restore_model_state(manager: ocp.CheckpointManager, abstract_model_state: Any,
-                        expected_meta: dict[str, Any], step: int) -> Any:
+                        expected_meta: dict[str, Any], step: int,
+                        meta: dict[str, Any] | None = None) -> Any:
   """The model's part of a saved train state (the first of `(model, optimizer)`), onto
   the shardings of `abstract_model_state`; the optimizer state is not read (AdamW's is
-  twice the model's size). Raises as `restore_checkpoint` does."""
-  where = _check_meta(manager, step, expected_meta)
+  twice the model's size). `meta`: the checkpoint's, if already read. Raises as
+  `restore_checkpoint` does."""
+  where = _check_meta(manager, step, expected_meta, meta)
   target = nnx.State({0: abstract_model_state})
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True)))
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'The checkpoint in {where} does not fit the model of this config '
-                     f'({type(e).__name__}: {e}). Use another --workdir.') from e
-  return restored['state'][0]
+  state = ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True)
+  return _restore(manager, step, where, {'state': state})['state'][0]
 
 
 # ---------------------------------------------------------------------------

@@ -180,8 +180,12 @@ def create_train_state(config: ml_collections.ConfigDict,
 def abstract_train_state(config: ml_collections.ConfigDict, num_classes: int,
                          mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, TrainState]:
   """`(graphdef, state)` with shapes, dtypes and (replicated) shardings, nothing allocated."""
-  graphdef, state = nnx.split(
-      nnx.eval_shape(lambda: _create_model_and_optimizer(config, num_classes)))
+  return _abstract(lambda: _create_model_and_optimizer(config, num_classes), mesh)
+
+
+def _abstract(build: Callable[[], Any], mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, Any]:
+  """`nnx.split` of what `build` makes, as replicated shapes and dtypes: nothing allocated."""
+  graphdef, state = nnx.split(nnx.eval_shape(build))
   repl = sharding.replicated(mesh)
   return graphdef, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
@@ -438,13 +442,11 @@ def restore_model_at(config: ml_collections.ConfigDict, directory: str,
     if num_classes is None:
       num_classes = int(meta['num_classes'])
     # The model alone: evaluation and localize never read the optimizer state.
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(
-        lambda: create_model(config, num_classes, config.seed)))
-    repl = sharding.replicated(mesh)
-    abstract_state = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract_state)
+    graphdef, abstract_state = _abstract(lambda: create_model(config, num_classes, config.seed),
+                                         mesh)
     state = checkpoints.restore_model_state(
-        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0), step)
+        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0), step,
+        meta)
   return nnx.merge(graphdef, state), step, meta
 
 
