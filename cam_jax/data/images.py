@@ -27,11 +27,20 @@ class BadBoxError(ValueError):
   """A ground-truth box that cannot be used (x0 > x1, or outside its image)."""
 
 
-def _open(data: bytes, name: str) -> Image.Image:
+def open_image(data: bytes, name: str) -> Image.Image:
+  """The PIL image of encoded bytes, not yet decoded; a BadImageError names the file."""
   try:
     return Image.open(io.BytesIO(data))
   except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
     raise BadImageError(f'{name}: not a readable image ({e})') from e
+
+
+def encode_png(array: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 H×W or H×W×C array (fast compression: TFDS needs TF to encode
+  numpy, and masks are read back at once)."""
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format='PNG', compress_level=1)
+  return buf.getvalue()
 
 
 def check_encoded_image(data: bytes, name: str, formats: tuple[str, ...] = ('JPEG', 'PNG')
@@ -45,7 +54,7 @@ def check_encoded_image(data: bytes, name: str, formats: tuple[str, ...] = ('JPE
   GIF, palette or 16-bit images) is re-encoded as a quality-95 JPEG, as TFDS's
   imagenet2012 does for the train set's CMYK and PNG-in-JPEG files.
   """
-  image = _open(data, name)
+  image = open_image(data, name)
   size = image.size
   fmt, mode = image.format, image.mode
   try:
@@ -57,7 +66,7 @@ def check_encoded_image(data: bytes, name: str, formats: tuple[str, ...] = ('JPE
   width, height = size
   if fmt in formats and mode in ('RGB', 'L'):
     return data, (height, width)
-  rgb = to_rgb(_open(data, name), name)
+  rgb = to_rgb(open_image(data, name), name)
   buf = io.BytesIO()
   Image.fromarray(rgb).save(buf, format='JPEG', quality=95)
   return buf.getvalue(), (height, width)
@@ -83,12 +92,12 @@ def to_rgb(image: Image.Image, name: str) -> np.ndarray:
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
   """H×W×3 uint8 pixels of an encoded image; a BadImageError names the file."""
-  return to_rgb(_open(data, name), name)
+  return to_rgb(open_image(data, name), name)
 
 
 def decode_mask(data: bytes, name: str) -> np.ndarray:
   """H×W uint8 of an encoded single-channel mask (colour masks are converted to L)."""
-  image = _open(data, name)
+  image = open_image(data, name)
   try:
     return np.asarray(image if image.mode == 'L' else image.convert('L'), np.uint8)
   except Exception as e:

@@ -16,12 +16,13 @@ on two hosts, is identical.
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
+
+from cam_jax.data import images
 
 # The shapes are not rotated: rotation would make a square a diamond.
 CLASS_NAMES = (
@@ -192,13 +193,6 @@ def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
   }
 
 
-def encode_png(array: np.ndarray) -> bytes:
-  """PNG bytes of a uint8 H×W or H×W×C array (TFDS would need TF to encode numpy)."""
-  buf = io.BytesIO()
-  Image.fromarray(array).save(buf, format='PNG', compress_level=1)
-  return buf.getvalue()
-
-
 @dataclasses.dataclass
 class CamSynthConfig(tfds.core.BuilderConfig):
   """Size of the synthetic dataset."""
@@ -253,8 +247,8 @@ class CamSynth(tfds.core.GeneratorBasedBuilder):
       rng = np.random.default_rng([cfg.seed, _SPLIT_IDS[split], index])
       ex = render_example(rng, cfg.image_size, cfg.num_classes)
       yield index, {
-          'image': encode_png(ex['image']),
+          'image': images.encode_png(ex['image']),
           'label': ex['label'],
           'boxes': ex['boxes'],
-          'segmentation_mask': encode_png(ex['mask'] * 255),
+          'segmentation_mask': images.encode_png(ex['mask'] * 255),
       }

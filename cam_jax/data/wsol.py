@@ -73,7 +73,6 @@ disagrees with image_sizes.txt a BadImageError (its boxes belong to another imag
 from __future__ import annotations
 
 import functools
-import io
 import operator
 import os
 from typing import Any
@@ -216,13 +215,7 @@ def read_class_names(path: str) -> list[str]:
 
 @functools.lru_cache(maxsize=32)
 def _constant_png(height: int, width: int, value: int) -> bytes:
-  return _png(np.full((height, width), value, np.uint8))
-
-
-def _png(mask_HW: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(mask_HW.astype(np.uint8)).save(buf, format='PNG', compress_level=1)
-  return buf.getvalue()
+  return images.encode_png(np.full((height, width), value, np.uint8))
 
 
 def _same_aspect(mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
@@ -306,10 +299,7 @@ class WsolSource:
 
   def _image_hw(self, i: int, data: bytes, path: str) -> tuple[int, int]:
     """The image's (height, width) from its header, checked against image_sizes.txt."""
-    try:
-      width, height = Image.open(io.BytesIO(data)).size
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError...
-      raise images.BadImageError(f'{path}: not a readable image ({e})') from e
+    width, height = images.open_image(data, path).size
     if self.sizes_hw is not None:
       expected_h, expected_w = (int(v) for v in self.sizes_hw[i])
       if (height, width) != (expected_h, expected_w):
@@ -342,10 +332,10 @@ class WsolSource:
       foreground |= self._read_mask(image_id, mask_path, image_hw)
     if self.ignore_paths[i]:
       ignore = self._read_mask(image_id, self.ignore_paths[i], image_hw) & ~foreground
-      ignore_png = _png(ignore * np.uint8(255))
+      ignore_png = images.encode_png(ignore * np.uint8(255))
     else:
       ignore_png = _constant_png(*image_hw, 0)
-    return {'segmentation_mask': _png(foreground * np.uint8(255)), 'ignore_mask': ignore_png}
+    return {'segmentation_mask': images.encode_png(foreground * np.uint8(255)), 'ignore_mask': ignore_png}
 
 
 # ---------------------------------------------------------------------------
