@@ -5,7 +5,7 @@ r"""The threshold sweep against labelling, on CAM-like 224 x 224 maps (DESIGN.md
 About 30 s as is on 2 cores; `--interval=0.001 --maps=8 --rounds=3` about 1 min.
 
 Maps: a 14 x 14 normal random map upsampled bilinearly to 224 x 224 with half-pixel
-centres (as `cam.class_activation_maps` resizes, `jax.image.resize`), then min-max
+centres (`box_stage.on_input_grid`, as `cam.class_activation_maps` resizes), then min-max
 normalised (`boxes.normalize_map`). Thresholds: wsolevaluation's grid
 `np.arange(0, 1, interval)` (100 at 0.01). Times per map, the median over rounds; each
 round times every method over all maps, one after the other, so that load on the
@@ -41,7 +41,7 @@ from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from cam_jax import box_sweep, boxes
+from cam_jax import box_stage, box_sweep, boxes
 
 _MAPS = flags.DEFINE_integer('maps', 20, 'Number of maps.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds; the median is reported.')
@@ -50,19 +50,6 @@ _SIZE = flags.DEFINE_integer('size', 224, 'Map side.')
 _NUMBA = flags.DEFINE_bool('numba', False, 'Also time a numba union-find (needs numba).')
 
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
-
-
-def upsample(coarse_hw: np.ndarray, size: int) -> np.ndarray:
-  """Bilinear resize with half-pixel centres and clamped edges, float32 (size, size)."""
-  n = coarse_hw.shape[0]
-  src = np.clip((np.arange(size) + 0.5) * (n / size) - 0.5, 0, n - 1)
-  i0 = np.floor(src).astype(int)
-  i1 = np.minimum(i0 + 1, n - 1)
-  frac = src - i0
-  weights = np.zeros((size, n))
-  weights[np.arange(size), i0] += 1 - frac
-  weights[np.arange(size), i1] += frac
-  return (weights @ coarse_hw @ weights.T).astype(np.float32)
 
 
 def labelled_component_boxes(mask_HW: np.ndarray) -> np.ndarray:
@@ -262,7 +249,7 @@ def make_numba_sweeps():
 def main(argv):
   del argv
   rng = np.random.default_rng(0)
-  maps = [boxes.normalize_map(upsample(rng.normal(size=(14, 14)), _SIZE.value))
+  maps = [boxes.normalize_map(box_stage.on_input_grid(rng.normal(size=(14, 14)), _SIZE.value))
           for _ in range(_MAPS.value)]
   grid_T = np.arange(0, 1, _INTERVAL.value)
 

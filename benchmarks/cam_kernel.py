@@ -16,7 +16,8 @@ round to round, so that load on the machine falls on all of them alike:
   (a) forward: jitted `model(images, train=False)`, returning the logits;
   (b) (a) + top k + CAMs of the T classes at the feature resolution
       (`cam.class_activation_maps(feats, cam_weights, class_ids)`), in one jitted
-      function, as `evaluate.make_predict_fn` runs it;
+      function: `evaluate.make_predict_fn` with `map_top=k` (evaluation itself asks for
+      the top-1 map only, T = 2);
   (c) (b) with the CAMs resized on device to size × size;
   (d) the CAM kernel alone on precomputed features and class ids, at the feature
       resolution (d1) and resized (d2); each timed as the mean of `--kernel_calls` calls.
@@ -39,7 +40,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from cam_jax import cam as cam_lib
-from cam_jax import models, train
+from cam_jax import evaluate, models, sharding, train
 from configs import common
 
 _MODEL = flags.DEFINE_string('model', 'googlenet_gap', 'Registry name (cam_jax.models.MODELS).')
@@ -73,25 +74,18 @@ def _time(fn, calls: int = 1) -> float:
 
 
 def make_fns(graphdef: nnx.GraphDef, top_k: int, out_hw: tuple[int, int]) -> dict:
-  """The jitted functions of (a), (b), (c), each `fn(state, images_BHWC, labels_B)`."""
+  """The jitted functions of (a), (b), (c), each `fn(state, images_BHWC, labels_B)`; (b) and
+  (c) are evaluation's own `make_predict_fn`, asked for the maps of all top k classes."""
+  mesh = sharding.make_mesh(jax.devices()[:1])
 
   def forward(state, images_BHWC, labels_B):
     del labels_B
     return nnx.merge(graphdef, state)(images_BHWC, train=False)[0]
 
-  def forward_cams(state, images_BHWC, labels_B, cam_hw):
-    model = nnx.merge(graphdef, state)
-    kernel_KC, _ = models.cam_weights(model)
-    logits_BC, aux = model(images_BHWC, train=False)
-    classes_Bk = cam_lib.top_k_classes(logits_BC, top_k)
-    class_ids_BT = jnp.concatenate([classes_Bk, labels_B[:, None].astype(jnp.int32)], 1)
-    cams_BThw = cam_lib.class_activation_maps(aux['features'], kernel_KC, class_ids_BT,
-                                              cam_hw)
-    return logits_BC, classes_Bk, cams_BThw
-
   return {'a': jax.jit(forward),
-          'b': jax.jit(lambda s, x, y: forward_cams(s, x, y, None)),
-          'c': jax.jit(lambda s, x, y: forward_cams(s, x, y, out_hw))}
+          'b': evaluate.make_predict_fn(graphdef, mesh, top_k=top_k, map_top=top_k),
+          'c': evaluate.make_predict_fn(graphdef, mesh, top_k=top_k, map_top=top_k,
+                                        map_hw=out_hw)}
 
 
 def main(argv):
@@ -114,8 +108,9 @@ def main(argv):
   # Precomputed inputs of (d), and a check that (b), (c) compute what (d) does.
   feats_BhwK = jax.jit(
       lambda s, x: nnx.merge(graphdef, s)(x, train=False)[1]['features'])(state, images_BHWC)
-  _, classes_Bk, cams_b = fns['b'](state, images_BHWC, labels_B)
-  _, _, cams_c = fns['c'](state, images_BHWC, labels_B)
+  out_b = fns['b'](state, images_BHWC, labels_B)
+  classes_Bk, cams_b = out_b['classes_Bk'], out_b['maps_BThw']
+  cams_c = fns['c'](state, images_BHWC, labels_B)['maps_BThw']
   class_ids_BT = jnp.concatenate([classes_Bk, labels_B[:, None]], 1)
   kernel = {'d1': lambda: cam_lib.class_activation_maps(feats_BhwK, kernel_KC, class_ids_BT),
             'd2': lambda: cam_lib.class_activation_maps(feats_BhwK, kernel_KC, class_ids_BT,

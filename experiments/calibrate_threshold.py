@@ -41,8 +41,9 @@ def main(argv):
   model, _ = train.restore_model(config, _WORKDIR.value, mesh, info.num_classes)
   graphdef, state = nnx.split(model)
   size = config.data.image_size
-  predict = evaluate.make_predict_fn(graphdef, mesh, top_k=1)
-  thresholds = [float(t) for t in _GRID.value]
+  # The label's map alone (map_top=0): GT-known accuracy needs nothing else.
+  predict = evaluate.make_predict_fn(graphdef, mesh, top_k=1, map_top=0)
+  thresholds = tuple(float(t) for t in _GRID.value)
   hits = np.zeros(len(thresholds))
   n_total = 0
   for batch, n in pipeline.eval_batches(
@@ -57,7 +58,7 @@ def main(argv):
       orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
       # The label's map on the original image, boxed at every threshold (box_stage).
       boxes_N4 = box_stage.paper_boxes_on_original(maps_BThw[i, -1], batch['window'][i],
-                                                   orig_hw, tuple(thresholds))
+                                                   orig_hw, thresholds)
       for j, box in enumerate(boxes_N4):
         hits[j] += boxes_lib.max_iou(box, gt_M4) >= config.eval.iou_threshold
     n_total += n
