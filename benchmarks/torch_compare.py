@@ -452,15 +452,8 @@ def measure(name: str) -> dict:
   fns = {'jax': jax_step, 'torch': torch_step}
   fns = {k: fns[k] for k in _FRAMEWORKS.value}
   compile_s = _timed(fns['jax']) if 'jax' in fns else float('nan')
-  for _ in range(_WARMUP.value):
-    for fn in fns.values():
-      fn()
-  times = {k: [] for k in fns}
-  for _ in range(_STEPS.value):
-    for k, fn in fns.items():
-      times[k].append(_timed(fn))
   result = {'params': jax_params, 'compile_s': compile_s, 'logits_err': err,
-            **{f'{k}_train': batch / float(np.median(v)) for k, v in times.items()}}
+            **_images_per_s(fns, _WARMUP.value, batch, 'train')}
 
   if _FORWARD.value:
     forward = jax.jit(lambda s, x: nnx.merge(m_graphdef, s)(x, train=False)[0])
@@ -474,14 +467,21 @@ def measure(name: str) -> dict:
     fwd = {'jax': lambda: jax.block_until_ready(forward(m_state, images_j)),
            'torch': torch_forward}
     fwd = {k: fwd[k] for k in fns}
-    for fn in fwd.values():
-      fn()
-    times = {k: [] for k in fwd}
-    for _ in range(_STEPS.value):
-      for k, fn in fwd.items():
-        times[k].append(_timed(fn))
-    result.update({f'{k}_forward': batch / float(np.median(v)) for k, v in times.items()})
+    result.update(_images_per_s(fwd, 1, batch, 'forward'))
   return result
+
+
+def _images_per_s(fns: dict, warmup: int, batch: int, suffix: str) -> dict[str, float]:
+  """`{'<name>_<suffix>': images/s}`: `warmup` rounds, then `--steps` timed rounds, each
+  calling every function once in turn (load falls on all alike); the median per function."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {k: [] for k in fns}
+  for _ in range(_STEPS.value):
+    for k, fn in fns.items():
+      times[k].append(_timed(fn))
+  return {f'{k}_{suffix}': batch / float(np.median(v)) for k, v in times.items()}
 
 
 def main(argv):
