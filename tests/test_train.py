@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,11 +158,21 @@ def test_unprepared_dataset_says_how_to_prepare(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'w'))
 
 
-def test_injected_nan_stops_clearly_and_the_last_checkpoint_still_restores(tiny_data_dir,
-                                                                           tmp_path):
-  workdir = str(tmp_path / 'w')
+@pytest.fixture(scope='module')
+def three_steps(tiny_data_dir, tmp_path_factory):
+  """`(config, workdir)` of a tiny run stopped after step 3 (checkpoints at 3), trained
+  once for the tests that only read it or work on a copy."""
+  workdir = str(tmp_path_factory.mktemp('three_steps') / 'w')
   config = tiny_config(tiny_data_dir, eval_every=0)
   assert train.train_and_evaluate(config, workdir, stop_after=3) is None
+  return config, workdir
+
+
+def test_injected_nan_stops_clearly_and_the_last_checkpoint_still_restores(
+    tiny_data_dir, tmp_path, three_steps):
+  config, source = three_steps
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(source, workdir)  # this test writes into it
   _, good = _restore(config, workdir)
   # Resumed with a NaN learning rate: step 4's update poisons every parameter, so step 5's
   # loss is NaN, seen at the next log (step 6, log_every 2), before the next checkpoint.
@@ -175,10 +186,8 @@ def test_injected_nan_stops_clearly_and_the_last_checkpoint_still_restores(tiny_
   jax.tree.map(np.testing.assert_array_equal, params, good)
 
 
-def test_checkpoint_saved_on_8_devices_restores_on_1(tiny_data_dir, tmp_path):
-  workdir = str(tmp_path / 'w')
-  config = tiny_config(tiny_data_dir, eval_every=0)
-  train.train_and_evaluate(config, workdir, stop_after=3)
+def test_checkpoint_saved_on_8_devices_restores_on_1(three_steps):
+  config, workdir = three_steps
   _, on_8 = _restore(config, workdir)
   mesh1 = sharding.make_mesh(jax.devices()[:1])
   _, abstract = train.abstract_train_state(config, 4, mesh1)
@@ -245,10 +254,9 @@ def test_sigterm_mid_run_saves_and_the_resumed_run_matches_an_uninterrupted_one(
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
-def test_init_from_another_run_copies_all_but_the_head(tiny_data_dir, tmp_path):
-  source = str(tmp_path / 'source')
-  config = tiny_config(tiny_data_dir, eval_every=0)
-  train.train_and_evaluate(config, source, stop_after=3)
+def test_init_from_another_run_copies_all_but_the_head(tiny_data_dir, three_steps):
+  config, source = three_steps
+  config = config.copy_and_resolve_references()  # this test sets init_from on it
   _, trained = _restore(config, source)
   fresh_model = nnx.merge(*train.create_train_state(config, 4))[0]
   config.init_from.workdir = source
