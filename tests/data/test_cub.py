@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from cam_jax import data
 from cam_jax.data import cub, images
 from tests.data import fake_cub
 
@@ -22,9 +23,18 @@ def _builder(data_dir, config=None, **kwargs):
 
 def _prepare(data_dir, manual_dir, config=None, **kwargs):
   builder = _builder(data_dir, config, **kwargs)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  data.prepare(builder, str(manual_dir))
   return builder
+
+
+def _prepare_fails(tmp_path, config, error, match=None, manual_dir=None):
+  """Preparing from tmp_path/manual (or `manual_dir`) raises `error`, and nothing is left
+  in the data dir; the exception info, for more checks."""
+  builder = _builder(tmp_path / 'tfds', config)
+  with pytest.raises(error, match=match) as e:
+    data.prepare(builder, str(manual_dir or tmp_path / 'manual'))
+  _assert_nothing_written(builder, tmp_path / 'tfds')
+  return e
 
 
 def _records(builder, split):
@@ -127,12 +137,8 @@ def test_default_config_needs_no_segmentations(tmp_path):
   for split in ('train', 'test'):
     _check_split(builder, fake, split, with_mask=False)
   # The segmentation config names the file it misses, and where it looked.
-  seg = _builder(tmp_path / 'tfds', 'segmentation')
-  with pytest.raises(FileNotFoundError, match='segmentations.tgz') as e:
-    seg.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=str(tmp_path / 'manual')))
+  e = _prepare_fails(tmp_path, 'segmentation', FileNotFoundError, 'segmentations.tgz')
   assert str(tmp_path / 'manual') in str(e.value)
-  _assert_nothing_written(seg, tmp_path / 'tfds')
 
 
 def test_extracted_folders(tmp_path):
@@ -148,27 +154,18 @@ def test_missing_archive_names_file_and_folder(tmp_path):
   manual = tmp_path / 'manual'
   fake = fake_cub.write_fake_cub(str(manual))
   pathlib.Path(fake['cub']).unlink()
-  builder = _builder(tmp_path / 'tfds')
-  with pytest.raises(FileNotFoundError, match='CUB_200_2011.tgz') as e:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  e = _prepare_fails(tmp_path, None, FileNotFoundError, 'CUB_200_2011.tgz')
   assert str(manual) in str(e.value)
-  _assert_nothing_written(builder, tmp_path / 'tfds')
   # A manual folder that does not exist at all.
-  with pytest.raises(FileNotFoundError, match='CUB_200_2011.tgz') as e:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'nowhere')))
+  e = _prepare_fails(tmp_path, None, FileNotFoundError, 'CUB_200_2011.tgz',
+                     manual_dir=tmp_path / 'nowhere')
   assert str(tmp_path / 'nowhere') in str(e.value)
-  _assert_nothing_written(builder, tmp_path / 'tfds')
 
 
 def test_truncated_image_raises_naming_it(tmp_path):
   fake = fake_cub.write_fake_cub(str(tmp_path / 'manual'), truncated=5)
-  builder = _builder(tmp_path / 'tfds', 'segmentation')
-  with pytest.raises(images.BadImageError, match=fake['images'][5]['file_name']):
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'manual')))
-  _assert_nothing_written(builder, tmp_path / 'tfds')
+  _prepare_fails(tmp_path, 'segmentation', images.BadImageError,
+                 fake['images'][5]['file_name'])
 
 
 def test_skip_bad_images_prepares_the_rest(tmp_path, caplog):
@@ -185,11 +182,7 @@ def test_skip_bad_images_prepares_the_rest(tmp_path, caplog):
 def test_inverted_box_is_rejected_naming_the_file(tmp_path):
   fake = fake_cub.write_fake_cub(str(tmp_path / 'manual'), inverted_box=7)
   assert fake['images'][7]['box'] is None
-  builder = _builder(tmp_path / 'tfds')
-  with pytest.raises(images.BadBoxError, match=fake['images'][7]['file_name']):
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'manual')))
-  _assert_nothing_written(builder, tmp_path / 'tfds')
+  _prepare_fails(tmp_path, None, images.BadBoxError, fake['images'][7]['file_name'])
 
 
 def test_overhanging_box_is_clipped(tmp_path, caplog):
@@ -210,32 +203,20 @@ def test_overhanging_box_is_clipped(tmp_path, caplog):
                                        'bounding_boxes.txt', 'images.txt'])
 def test_missing_row_names_the_text_file_and_id(tmp_path, text_file):
   fake_cub.write_fake_cub(str(tmp_path / 'manual'), drop_row=(text_file, 8))
-  builder = _builder(tmp_path / 'tfds')
-  with pytest.raises(ValueError) as e:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'manual')))
+  e = _prepare_fails(tmp_path, None, ValueError)
   assert f'{text_file} ' in str(e.value) and 'image id 8 ' in str(e.value), e.value
-  _assert_nothing_written(builder, tmp_path / 'tfds')
 
 
 @pytest.mark.parametrize('extracted', [False, True])
 def test_missing_image_file_is_named(tmp_path, extracted):
   fake = fake_cub.write_fake_cub(str(tmp_path / 'manual'), missing_image=4, extracted=extracted)
-  builder = _builder(tmp_path / 'tfds')
-  with pytest.raises(FileNotFoundError, match=fake['images'][4]['file_name']):
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'manual')))
-  _assert_nothing_written(builder, tmp_path / 'tfds')
+  _prepare_fails(tmp_path, None, FileNotFoundError, fake['images'][4]['file_name'])
 
 
 def test_mask_of_another_size_is_rejected_naming_it(tmp_path):
   fake = fake_cub.write_fake_cub(str(tmp_path / 'manual'), wrong_mask_size=2)
-  builder = _builder(tmp_path / 'tfds', 'segmentation')
   mask_file = fake['images'][2]['file_name'][:-len('.jpg')] + '.png'
-  with pytest.raises(ValueError, match=mask_file):
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / 'manual')))
-  _assert_nothing_written(builder, tmp_path / 'tfds')
+  _prepare_fails(tmp_path, 'segmentation', ValueError, mask_file)
 
 
 def test_readable_name():
