@@ -163,7 +163,9 @@ class EvalPreprocess(grain.transforms.Map):
       name = example_name(ex, index)
       for key, field in (('mask', 'segmentation_mask'), ('ignore', 'ignore_mask')):
         if field in ex:
-          mask = images.decode_mask(bytes(ex[field]), f'{name} ({field})')
+          mask = ex[field]  # an encoded PNG (TFDS), or already pixels (WSOL folders)
+          mask = (np.asarray(mask, np.uint8) if isinstance(mask, np.ndarray)
+                  else images.decode_mask(bytes(mask), f'{name} ({field})'))
           if mask.shape != image.shape[:2]:
             raise ValueError(f'{name}: {field} is {mask.shape[1]}×{mask.shape[0]}, the image '
                              f'{image.shape[1]}×{image.shape[0]}')

@@ -52,7 +52,8 @@ error naming the image id, raised when the source is loaded.
 
 Each example (cam_jax.data.base): `image` (the file's bytes), `label`, `boxes` (N×4
 int32; N = 0 where the split has no boxes), `file_name` (the image id) and, for a mask
-dataset, two single-channel 0/255 PNGs of the image's size:
+dataset, two H×W uint8 0/255 masks of the image's size (arrays: the pipeline would only
+decode PNGs again):
   `segmentation_mask`  the union of the image's instance masks (a pixel is foreground
                        when any instance mask is non-zero there);
   `ignore_mask`        the ignore region minus the foreground, as wsolevaluation defines
@@ -213,11 +214,6 @@ def read_class_names(path: str) -> list[str]:
 # The source
 # ---------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=32)
-def _constant_png(height: int, width: int, value: int) -> bytes:
-  return images.encode_png(np.full((height, width), value, np.uint8))
-
-
 def _same_aspect(mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
   """Whether one is the other scaled (rounding each side to whole pixels)."""
   (mh, mw), (ih, iw) = mask_hw, image_hw
@@ -322,20 +318,19 @@ class WsolSource:
       mask = np.asarray(resized) > 0
     return mask
 
-  def _masks(self, i: int, image_hw: tuple[int, int]) -> dict[str, bytes]:
+  def _masks(self, i: int, image_hw: tuple[int, int]) -> dict[str, np.ndarray]:
     if self.mask_paths is None:
-      return {'segmentation_mask': _constant_png(*image_hw, 0),
-              'ignore_mask': _constant_png(*image_hw, 255)}
+      return {'segmentation_mask': np.zeros(image_hw, np.uint8),
+              'ignore_mask': np.full(image_hw, 255, np.uint8)}
     image_id = self.image_ids[i]
     foreground = np.zeros(image_hw, bool)
     for mask_path in self.mask_paths[i]:
       foreground |= self._read_mask(image_id, mask_path, image_hw)
+    ignore = np.zeros(image_hw, bool)
     if self.ignore_paths[i]:
       ignore = self._read_mask(image_id, self.ignore_paths[i], image_hw) & ~foreground
-      ignore_png = images.encode_png(ignore * np.uint8(255))
-    else:
-      ignore_png = _constant_png(*image_hw, 0)
-    return {'segmentation_mask': images.encode_png(foreground * np.uint8(255)), 'ignore_mask': ignore_png}
+    return {'segmentation_mask': foreground * np.uint8(255),
+            'ignore_mask': ignore * np.uint8(255)}
 
 
 # ---------------------------------------------------------------------------
