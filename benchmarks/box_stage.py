@@ -1,4 +1,4 @@
-r"""The evaluation's host box stage: images/s and maps/s on this machine's cores (DESIGN.md §6).
+r"""The evaluation's host box stage: images/s and maps/s on this machine's cores.
 
   python benchmarks/box_stage.py [--images=256] [--rounds=3] [--workers=0,1,-1]
 

@@ -1,4 +1,4 @@
-r"""The threshold sweep against labelling, on CAM-like 224 x 224 maps (DESIGN.md §6).
+r"""The threshold sweep against labelling, on CAM-like 224 x 224 maps.
 
   python benchmarks/box_sweep.py [--maps=20] [--rounds=5] [--interval=0.01] [--numba]
 

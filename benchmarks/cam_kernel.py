@@ -1,4 +1,4 @@
-r"""The cost of CAMs against the backbone's forward pass (DESIGN.md §6).
+r"""The cost of CAMs against the backbone's forward pass.
 
   python benchmarks/cam_kernel.py [--model=googlenet_gap] [--batch=64] [--size=224]
       [--rounds=3] [--top_k=5] [--dtype=float32]

@@ -22,7 +22,7 @@ against cam_jax's before anything is timed. Speeds are images/s from the median 
 Torch's OpenMP threads lose far more than XLA's to a second busy process on the same
 cores: compare only runs made on a quiet machine (the header prints the load).
 
-Experiments (DESIGN.md §6 asks for >= 1.0× PyTorch):
+Experiments (the goal is a train step at least as fast as PyTorch's, >= 1.0×):
 - `XLA_FLAGS` is read by jax at start, so set it in the environment.
 - `--dtype=bfloat16` runs cam_jax with bf16 compute (`config.model.dtype`; parameters stay
   float32) and PyTorch under CPU autocast to bf16.

@@ -3,7 +3,7 @@
 For a map and thresholds τ_1..τ_T, `sweep_largest_boxes` gives, for every τ, exactly
 what `boxes.largest_component_box(map_HW >= τ)` gives, and `sweep_component_boxes`
 every 8-connected component's box in `scipy.ndimage.label` order, without labelling
-the map T times. Boxes are `(x0, y0, x1, y1)`, inclusive integer corners (DESIGN.md §5).
+the map T times. Boxes are `(x0, y0, x1, y1)`, inclusive integer corners.
 
 Masks. The mask at τ is `map_HW >= τ` (cam_jax's convention) or, with `strict=True`,
 `map_HW > τ` (wsolevaluation's). A float32 map is compared in float32 against τ

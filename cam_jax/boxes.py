@@ -1,8 +1,8 @@
 """Host-side box stage: CAM -> threshold -> largest connected component -> box; IoU.
 
-Box convention everywhere in this module (DESIGN.md §5): a box is `(x0, y0, x1, y1)`,
-inclusive integer pixel corners as in ILSVRC XML, x the column and y the row, so a
-box covers `(x1 - x0 + 1) * (y1 - y0 + 1)` pixels and IoU uses that +1 area.
+Box convention everywhere in this module: a box is `(x0, y0, x1, y1)`, inclusive
+integer pixel corners as in ILSVRC XML, x the column and y the row, so a box covers
+`(x1 - x0 + 1) * (y1 - y0 + 1)` pixels and IoU uses that +1 area.
 
 Everything here is numpy/scipy on the host, one map at a time; callers parallelise
 over maps (the functions hold no state).
@@ -48,7 +48,7 @@ def threshold_mask(cam_HW: np.ndarray, threshold: float = 0.2) -> np.ndarray:
 
   Exactly `normalize_map(cam_HW) >= threshold` compared in float32, so a threshold
   sweep over `normalize_map`'s output selects the same pixels. wsolevaluation uses a
-  strict `>` on a uint8-quantised map instead (DESIGN.md §5).
+  strict `>` on a uint8-quantised map instead (see `cam_jax.metrics`' module docstring).
 
   A constant map carries no localisation information; it returns the whole image
   (all True) for every threshold, so that its box is the whole image rather than
@@ -122,7 +122,8 @@ def paper_box(cam_HW: np.ndarray, threshold: float = 0.2) -> np.ndarray:
   """The paper's box for one CAM: keep `>= threshold * max`, largest component's box.
 
   The box `(x0, y0, x1, y1)` (inclusive corners) is in the grid of `cam_HW`; the paper
-  resizes the CAM to the original image (bilinear) before this step (DESIGN.md §5).
+  resizes the CAM to the original image (bilinear) before this step, as
+  `box_stage.paper_boxes_on_original` does.
   See `paper_mask` for why the threshold is a fraction of the maximum.
 
   Returns:

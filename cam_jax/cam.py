@@ -1,7 +1,8 @@
 """Class activation maps on the accelerator.
 
-For class c and the last conv map f (DESIGN.md §1):
+For class c and the last conv map f:
     M_c(x, y) = sum_k kernel[k, c] * f_k(x, y)
+and for a GAP network logit c is mean(M_c) + bias_c (GAP and the linear head commute).
 The kernel gathers the T requested weight columns first (T << C), so the einsum costs
 B·h·w·K·T, not B·h·w·K·C, then upsamples with `jax.image.resize` (bilinear, half-pixel
 centres, like cv2.resize in the official code).

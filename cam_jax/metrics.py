@@ -19,7 +19,7 @@ plain arrays that add up across processes (sum each array elementwise, then
 
 The box stage (threshold, components, boxes, IoU) is `cam_jax.boxes`, not this module;
 `BoxAccuracy` takes the IoUs it produces. wsolevaluation's box stage differs from its
-paper's `s >= τ` (DESIGN.md §5): it quantises the map to uint8, keeps
+paper's `s >= τ`: it quantises the map to uint8, keeps
 `> int(τ * max)` (strict; max is 255 once normalised) and takes OpenCV contours
 (`RETR_TREE`, hole contours included, the largest by polygon area); its code also sets
 the right/bottom corner to `x + w` / `y + h`, one pixel past the contour, clipped to
@@ -44,7 +44,8 @@ Where this module differs from wsolevaluation's code, or its code from its paper
    with interval 0.01 element 35 is 0.35000000000000003, above a float64 score of 0.35.
    Its defaults differ between entry points: 0.001 in `evaluate_wsol`, `config.py` and
    inference, 0.01 on the `evaluation.py` command line. `PixelAP` defaults to 0.001;
-   `BoxAccuracy` takes the grid explicitly (DESIGN.md §5: 0.01, option 0.001).
+   `BoxAccuracy` takes the grid explicitly; evaluation passes the grid of
+   `config.eval.box_threshold_step` (0.01 by default, 0.001 as an option).
 6. PxAP thresholds are non-strict, `s >= τ`, as in the paper and as in wsolevaluation,
    whose `np.histogram` bins `[t_i, t_{i+1})` are closed on the left. wsolevaluation
    appends the edges 1, 2 and 3, which adds two operating points: τ = 1 (only pixels

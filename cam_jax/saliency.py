@@ -1,4 +1,4 @@
-"""Class saliency maps shaped like CAMs, for the same box stage (DESIGN.md §5 baselines).
+"""Class saliency maps shaped like CAMs, for the same box stage: CAM and its baselines.
 
 Each method gives `maps_BThw`: one float32 map per image and per requested class (the top
 k and the ground-truth class, as the CAM kernel), at `out_hw` (bilinear, half-pixel

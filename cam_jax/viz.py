@@ -2,7 +2,7 @@
 
 Host side, numpy + PIL only (no matplotlib). Images are uint8 RGB arrays `(H, W, 3)`.
 Boxes are `(x0, y0, x1, y1)`: inclusive integer pixel corners as in ILSVRC XML, x the
-column (DESIGN.md §5).
+column.
 """
 
 from __future__ import annotations

@@ -9,10 +9,9 @@ crop and the random resized crop of training are windows, so one pair of functio
 `boxes_to_input` and `boxes_to_original`, maps boxes either way for all of them, and
 `map_to_original` resamples a map (a CAM) from the input onto the original pixels (and
 `map_on_image` places it on the whole image, for pictures): the eval transform's inverse,
-through which predictions are scored on the original image whatever the network saw
-(DESIGN.md §5).
+through which predictions are scored on the original image whatever the network saw.
 
-Boxes are `(x0, y0, x1, y1)`, inclusive integer pixel corners (DESIGN.md §5).
+Boxes are `(x0, y0, x1, y1)`, inclusive integer pixel corners.
 """
 
 from __future__ import annotations
@@ -107,8 +106,8 @@ def _through_window(boxes_N4, window_4, size, *, to_input: bool, out_hw) -> np.n
 def map_to_original(map_hw: np.ndarray, window_4: np.ndarray, orig_hw: tuple[int, int]
                     ) -> tuple[np.ndarray, tuple[int, int]]:
   """A map that covers `window_4` of the original image, resampled bilinearly at the
-  centres of the original pixels inside the window (DESIGN.md §5: "resize the CAM to the
-  image size").
+  centres of the original pixels inside the window: the paper's protocol, which resizes the
+  CAM to the original image before boxing it.
 
   The map may have any resolution: the network's S×S input grid, or a CAM's h×w feature
   grid, which covers the same window. Sampling is bilinear with half-pixel centres and

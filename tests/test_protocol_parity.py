@@ -7,7 +7,7 @@ boxes a map s in [0, 1] at τ like this: `u = (s * 255).astype(np.uint8)`, keep
 `cv2.contourArea` (polygon area through pixel centres: a line or a single pixel has area
 0), box `[x, y, x + w, y + h]` from `cv2.boundingRect`, clipped to W - 1 / H - 1 (one
 pixel past the blob on the right and bottom unless it touches the border); no contour
-gives `[0, 0, 0, 0]`. cam_jax (DESIGN.md §5) keeps `s >= τ` on the float map, takes
+gives `[0, 0, 0, 0]`. cam_jax (`boxes`, `box_sweep`) keeps `s >= τ` on the float map, takes
 8-connected components, the largest by pixel count, inclusive corners, and the whole
 image when the mask is empty. Both score IoU with +1 areas, `>= δ`.
 

@@ -5,7 +5,7 @@ read in place); each example is a dict with
   `image`      encoded image bytes (JPEG or PNG), decoded by the pipeline;
   `label`      int class index;
   `boxes`      N×4 int32, `(x0, y0, x1, y1)` inclusive pixel corners in the original
-               image (DESIGN.md §5), N >= 0;
+               image, N >= 0;
   `file_name`  the file it came from (str or bytes), named in every error about it;
 and, where the dataset has masks, `segmentation_mask` (encoded single-channel PNG bytes).
 """

@@ -16,8 +16,7 @@ Albatross`) are in `info.metadata['class_names']`.
 
 Boxes: CUB's `x y width height` (0-based pixel coordinates) cover the pixels x .. x +
 width - 1, so each image's one box is stored as the inclusive corners `(x0, y0, x1, y1) =
-(x, y, x + width - 1, y + height - 1)`, rounded, clipped to the image when it overhangs
-(DESIGN.md §5).
+(x, y, x + width - 1, y + height - 1)`, rounded, clipped to the image when it overhangs.
 
 Masks (config `segmentation`): CUB's soft masks, each pixel the fraction of annotators who
 marked it × 255, stored as single-channel PNGs of the image's size; threshold them where a

@@ -16,8 +16,8 @@ Labels and boxes in either of two forms:
   `ILSVRC2012_bbox_train_v2.tar.gz`.
 
 Label = position of the synset in sorted synset order (the same as TFDS imagenet2012).
-Boxes are the annotation's `(xmin, ymin, xmax, ymax)` taken as inclusive pixel corners
-(DESIGN.md §5), every object of the image, clipped to the image. Training images without
+Boxes are the annotation's `(xmin, ymin, xmax, ymax)` taken as inclusive pixel corners,
+every object of the image, clipped to the image. Training images without
 annotation have no boxes. The few CMYK and PNG-in-JPEG training files are re-encoded as
 JPEG. The readable class names (first synonym of the synset's words) and the full words
 are in `info.metadata`.

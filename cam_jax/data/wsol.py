@@ -44,7 +44,7 @@ largest label in the class_labels.txt of every split folder of the dataset plus 
 that all splits of a dataset agree on it.
 
 Coordinates: boxes are `(x0, y0, x1, y1)`, integer inclusive pixel corners in the
-original image, x the column (DESIGN.md §5). wsolevaluation reads the columns in that
+original image, x the column. wsolevaluation reads the columns in that
 order (as ints, whatever its variable names say) and computes IoU with the same +1
 convention. A box that overhangs its image is clipped with a warning; an inverted box or
 one wholly outside its image (against image_sizes.txt, whose order is width, height) is an

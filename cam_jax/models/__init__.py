@@ -1,8 +1,9 @@
 """Model registry and the head accessor the CAM kernel relies on.
 
-Every model follows the contract of DESIGN.md §3:
+Every model follows this contract:
 `model(images_BHWC, train: bool) -> (logits_BC, aux)`, with `aux['features']` the last
-convolutional map `B×h×w×K`, and a linear head reachable through `head_params`.
+convolutional map `B×h×w×K`, and a linear head whose `(kernel_KC, bias_C)`
+`head_params(model)` returns.
 """
 
 from __future__ import annotations

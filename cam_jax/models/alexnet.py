@@ -12,7 +12,7 @@ The trunk (conv1 .. conv5, each followed by ReLU) comes in three `variant`s:
 - 'torchvision': torchvision.models.alexnet: 64/192/384/256/256 channels, conv1 pad 2,
   no groups, no LRN, pooling rounds down; 224 gives conv5 13×13.
 
-Models (contract of DESIGN.md §3: `model(images_BHWC, train) -> (logits_BC, aux)`):
+Models (the contract of `cam_jax.models`: `model(images_BHWC, train) -> (logits_BC, aux)`):
 
 - `AlexNet`: the original, pool5 then the fully connected classifier. No `head`
   attribute: `models.head_params` refuses it; `aux['features']` is conv5 after ReLU.
@@ -158,8 +158,8 @@ class AlexNetGAP(layers.GAPNetwork):
 class AlexNetStarGAP(layers.GAPNetwork):
   """AlexNet*-GAP: AlexNet-GAP with two conv layers added before GAP (paper Table 1).
 
-  `layout='paper'` (the registry's `alexnet_star_gap`) follows the paper's text and
-  DESIGN.md §4: the AlexNet-GAP trunk (pool5 removed, 13×13 at 227), conv6 and conv7
+  `layout='paper'` (the registry's `alexnet_star_gap`) follows the paper's text: the
+  AlexNet-GAP trunk (pool5 removed, 13×13 at 227), conv6 and conv7
   (3×3, pad 1, 512 outputs, group 2 in the Caffe variants, as in the official prototxt),
   then the paper's 1024-channel 3×3 conv (`self.cam_conv`), GAP, dropout, `self.head`.
 

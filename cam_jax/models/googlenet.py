@@ -24,7 +24,7 @@ pool4, inception5a/5b, pool5, dropout and loss3/classifier removed), then `CAM_c
 (Convolution, 1024 outputs, kernel 3, pad 1, stride 1, **group 2**) + `CAM_relu`,
 `CAM_pool` (AVE, kernel 14, stride 14: global average pooling at 224; no dropout) and
 `CAM_fc` (InnerProduct, 1000 outputs). Here `cam_groups=2` is the default to match it;
-the paper's text (and DESIGN.md §4) just say "3×3, 1024 units", which is `cam_groups=1`.
+the paper's text just says "3×3, 1024 units", which is `cam_groups=1`.
 """
 
 from __future__ import annotations

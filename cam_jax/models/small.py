@@ -21,8 +21,8 @@ class SmallGAP(nnx.Module):
   `stage_strides`; the mapping resolution is the input over their product), an added 3×3
   conv, then global pooling and a linear head.
 
-  Model contract (DESIGN.md §3): `model(images_BHWC, train) -> (logits_BC, aux)` with
-  `aux['features']` the last conv map `B×h×w×K`; the head is `self.head`.
+  Model contract (that of `cam_jax.models`): `model(images_BHWC, train) -> (logits_BC,
+  aux)` with `aux['features']` the last conv map `B×h×w×K`; the head is `self.head`.
   """
 
   def __init__(self, num_classes: int, *, widths: Sequence[int] = (32, 64, 128),
