@@ -3,7 +3,7 @@
 The device gives, per image, its top-k classes and the maps (CAMs, or a saliency
 baseline's) of some of them (evaluation: the top 1) and of its label, at the maps' own
 resolution (a CAM's h×w feature grid); this
-module scores them against the ground truth (DESIGN.md §5; boxes `(x0, y0, x1, y1)`,
+module scores them against the ground truth (boxes `(x0, y0, x1, y1)`,
 inclusive integer corners, in the original image's pixel grid):
 
 - The paper's protocol (`score_paper`): the label's map resampled onto the original image
@@ -27,6 +27,7 @@ workers start fast and hold no accelerator.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import concurrent.futures.process
@@ -209,14 +210,29 @@ class WsolScores:
 
 
 PAPER_KEYS = ('loc_top1', 'loc_topk', 'loc_heuristic', 'gt_known', 'gt_known_iou')
+# Sums of fractions (IoUs, relative box sizes) are kept as integers in units of 2**-32:
+# integer sums are exact and do not depend on the order of addition, so the totals are
+# the same however the images are split over chunks, workers and processes. Each value
+# moves by at most 2**-33 (a mean IoU by less than 1e-9).
+FIXED_POINT_ONE = 2**32
+
+
+def to_fixed(fraction: float | np.ndarray) -> int:
+  """The integer count of 2**-32 units nearest a fraction (or the sum of an array's)."""
+  return int(np.round(np.asarray(fraction, np.float64) * FIXED_POINT_ONE).astype(np.int64).sum())
+
+
+def from_fixed(count: int) -> float:
+  return count / FIXED_POINT_ONE
 
 
 class Scores:
-  """Every localization count of a set of images: the paper's and the WSOL metrics'."""
+  """Every localization count of a set of images: the paper's and the WSOL metrics',
+  all integers (`paper/gt_known_iou` in units of 2**-32)."""
 
   def __init__(self, params: BoxParams):
     self.params = params
-    self.paper = dict.fromkeys(PAPER_KEYS, 0.0)
+    self.paper = dict.fromkeys(PAPER_KEYS, 0)
     self.wsol = WsolScores(params.box_threshold_step, params.pxap_threshold_step,
                            params.with_masks)
 
@@ -227,7 +243,7 @@ class Scores:
     if len(gt_M4):
       for key, value in score_paper(classes_k, label, maps_Thw, gt_M4, window_4, orig_hw,
                                     self.params).items():
-        self.paper[key] += value
+        self.paper[key] += to_fixed(value) if key == 'gt_known_iou' else int(value)
     self.wsol.add(on_input_grid(maps_Thw[-1], self.params.input_size), gt_M4, window_4,
                   orig_hw, mask_SS, ignore_SS)
 
@@ -237,7 +253,8 @@ class Scores:
   def result(self, summed_state: Mapping[str, Any]) -> dict[str, Any]:
     """The WSOL metrics and the paper's counts (`paper/<key>`, sums over images)."""
     out = self.wsol.result(summed_state)
-    out.update({k: float(v) for k, v in summed_state.items() if k.startswith('paper/')})
+    out.update({f'paper/{k}': float(summed_state[f'paper/{k}']) for k in PAPER_KEYS})
+    out['paper/gt_known_iou'] = from_fixed(summed_state['paper/gt_known_iou'])
     return out
 
 
@@ -268,6 +285,17 @@ def host_cores() -> int:
 
 
 _POOLS: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
+
+
+def shutdown_pools() -> None:
+  """Stops the worker processes of every pool (at exit, or before a fork)."""
+  while _POOLS:
+    _, pool = _POOLS.popitem()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+# Idle workers would otherwise outlive an interrupted interpreter shutdown.
+atexit.register(shutdown_pools)
 
 
 # Each worker runs one BLAS thread: its matrices are small (resizing a map is two thin

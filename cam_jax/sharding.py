@@ -1,7 +1,9 @@
 """Device mesh, shardings and multi-host set-up.
 
-One code path for 1 CPU, 8 GPUs or a TPU pod (DESIGN.md §2): `jax.jit` over a 1-D mesh
-whose axis `data` carries the batch; parameters and optimizer state are replicated.
+One code path for 1 CPU, 8 GPUs or a TPU pod: `jax.jit` over a 1-D mesh whose axis `data`
+carries the batch; parameters and optimizer state are replicated. Several processes (one
+per host, or several on one machine) join through `jax.distributed`; what they exchange
+outside the jitted steps (counts, barriers) goes through the helpers here.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -63,37 +66,105 @@ def distributed_requested(enabled: bool, environ: Mapping[str, str] = os.environ
           or ',' in environ.get('TPU_WORKER_HOSTNAMES', ''))
 
 
-def maybe_initialize_distributed(enabled: bool) -> None:
-  """`jax.distributed.initialize()` for multi-host runs (TPU pods, SLURM, GPU clusters).
+_ENV_ARGS = (('JAX_NUM_PROCESSES', 'num_processes'), ('JAX_PROCESS_ID', 'process_id'))
 
-  With no arguments JAX reads the cluster from the environment (Cloud TPU metadata,
-  SLURM variables, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+
+def distributed_args(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+  """The arguments of `jax.distributed.initialize` that the environment gives by hand.
+
+  JAX reads JAX_COORDINATOR_ADDRESS itself but not the process count and id, which it
+  expects from a cluster it detects (SLURM, Cloud TPU, Kubernetes, MPI): by hand, they
+  come from JAX_NUM_PROCESSES and JAX_PROCESS_ID. Raises naming a variable that is not a
+  whole number.
   """
-  if distributed_requested(enabled) and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+  args: dict[str, Any] = {}
+  for variable, arg in _ENV_ARGS:
+    value = environ.get(variable, '').strip()
+    if not value:
+      continue
+    if not value.isdigit():
+      raise ValueError(f'{variable}={value!r}: expected a whole number')
+    args[arg] = int(value)
+  if len(args) == 1:
+    (given, _), (missing, _) = sorted(_ENV_ARGS, key=lambda va: va[1] not in args)
+    raise ValueError(f'{given} is set but not {missing}: a process needs both (or neither, '
+                     'where the cluster is detected: SLURM, Cloud TPU)')
+  return args
+
+
+def maybe_initialize_distributed(enabled: bool,
+                                 environ: Mapping[str, str] = os.environ) -> None:
+  """`jax.distributed.initialize` for multi-process runs (TPU pods, SLURM, GPU clusters,
+  several CPU processes), when `distributed_requested`; must run before anything else
+  touches a device.
+
+  The cluster comes from JAX's own detection (Cloud TPU metadata, SLURM variables) and
+  from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID given by hand.
+  Collectives between CPU processes go over gloo, unless another implementation is
+  configured.
+  """
+  if not distributed_requested(enabled, environ) or jax.distributed.is_initialized():
+    return
+  if not jax.config.jax_cpu_collectives_implementation:
+    # Without it, a computation spanning CPU devices of several processes cannot run.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**distributed_args(environ))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier `name` (nothing with one)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def to_host(tree: Any, mesh: Mesh) -> Any:
   """numpy arrays of this process's rows of batch-sharded global arrays, in its input order."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     tree = multihost_utils.global_array_to_host_local_array(tree, mesh, P(DATA_AXIS))
   return jax.tree.map(np.asarray, tree)
 
 
-def sum_across_processes(counts: dict[str, Any]) -> dict[str, Any]:
-  """Element-wise sum of per-process counters, scalars or arrays (identity with one
-  process). One all-gather of everything, flattened into a float64 vector."""
-  if jax.process_count() == 1:
-    return counts
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+# Counters travel between processes as 31-bit limbs in int32, whatever jax_enable_x64
+# says: with it off, a gather turns int64 into int32 and float64 into float32.
+_LIMB_BITS = 31
+MAX_COUNT = 2**62  # per process
+
+
+def sum_across_processes(counts: Mapping[str, Any]) -> dict[str, Any]:
+  """Exact element-wise sums over processes of non-negative integer counters (Python ints
+  or integer arrays): ints come back as ints, arrays as int64 arrays.
+
+  Exact below `MAX_COUNT` per process: every counter is split into two 31-bit limbs, one
+  all-gather moves them as int32, and the host adds them up exactly. Raises TypeError
+  naming a counter that is not an integer (sums of fractions must be made integers
+  first, e.g. fixed point, so that they do not depend on the order of addition).
+  """
   keys = sorted(counts)
-  arrays = [np.asarray(counts[k], np.float64) for k in keys]
-  flat = np.concatenate([a.ravel() for a in arrays])
-  summed = multihost_utils.process_allgather(flat).sum(0)
-  out, start = {}, 0
-  for key, a in zip(keys, arrays):
-    part = summed[start:start + a.size].reshape(a.shape)
-    out[key] = part if a.ndim else float(part)
-    start += a.size
-  return out
+  arrays = [_check_count(key, counts[key]) for key in keys]
+  if jax.process_count() > 1:
+    flat = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0, np.int64)
+    mask = (1 << _LIMB_BITS) - 1
+    limbs = np.concatenate([flat & mask, flat >> _LIMB_BITS]).astype(np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(limbs)).astype(np.int64)
+    low, high = gathered.sum(0).reshape(2, -1)
+    totals = [(int(h) << _LIMB_BITS) + int(l) for h, l in zip(high, low)]  # Python ints
+    if totals and max(totals) >= 2**63:
+      raise OverflowError(f'a sum over {jax.process_count()} processes reaches 2**63')
+    flat = np.asarray(totals, np.int64)
+    parts, start = [], 0
+    for a in arrays:
+      parts.append(flat[start:start + a.size].reshape(a.shape))
+      start += a.size
+    arrays = parts
+  return {key: int(a) if np.ndim(counts[key]) == 0 else a for key, a in zip(keys, arrays)}
+
+
+def _check_count(key: str, value: Any) -> np.ndarray:
+  array = np.asarray(value)
+  if array.dtype == bool or array.dtype.kind not in 'iu':
+    raise TypeError(f'counter {key!r} is {array.dtype}, not an integer: only integer counts '
+                    'are summed across processes (exactly)')
+  array = array.astype(np.int64)
+  if array.size and (array.min() < 0 or array.max() >= MAX_COUNT):
+    raise ValueError(f'counter {key!r} must be in [0, 2**62), got {array.min()}..{array.max()}')
+  return array

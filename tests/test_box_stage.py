@@ -251,10 +251,11 @@ def test_worker_processes_give_the_same_totals_as_the_main_process():
                  images['mask'][i], images['ignore'][i])
   assert totals[0].keys() == totals[1].keys() == scores.state().keys()
   for key, value in scores.state().items():
-    # Exactly equal whatever the workers (the same chunks, summed in order); image by
-    # image, the float sum of IoUs groups differently.
+    # Exactly equal whatever the workers and however the images are grouped: every count
+    # is an integer (the IoU sum in units of 2**-32).
     np.testing.assert_array_equal(totals[0][key], totals[1][key], err_msg=key)
-    np.testing.assert_allclose(totals[0][key], value, rtol=1e-12, err_msg=key)
+    np.testing.assert_array_equal(totals[0][key], value, err_msg=key)
+    assert np.asarray(value).dtype.kind == 'i', key
   assert totals[0]['box/num_images'] == 26
 
 
@@ -290,3 +291,19 @@ def test_dead_workers_leave_the_work_to_the_main_process(caplog):
   for key, value in want.items():
     np.testing.assert_array_equal(got[key], value, err_msg=key)
   assert 'box-stage worker processes died' in caplog.text
+
+
+def test_shutting_the_pools_down_stops_their_worker_processes():
+  """What runs at exit (atexit): every pool's workers stop; a later stage starts a new
+  pool."""
+  params = box_stage.BoxParams(16, box_threshold_step=0.05)
+  stage = box_stage.BoxStage(params, workers=2)
+  stage.submit(_random_images(16, np.random.default_rng(3), with_masks=False))
+  stage.finish()
+  workers = list(stage._pool._processes.values())  # pylint: disable=protected-access
+  assert workers and all(p.is_alive() for p in workers)
+  box_stage.shutdown_pools()
+  assert not any(p.is_alive() for p in workers)
+  again = box_stage.BoxStage(params, workers=2)
+  again.submit(_random_images(4, np.random.default_rng(4), with_masks=False))
+  assert again.finish()['box/num_images'] == 4

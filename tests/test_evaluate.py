@@ -1,5 +1,7 @@
 """evaluate(): classification-only and saliency paths end to end, and the report formatting."""
 
+import multiprocessing
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -120,7 +122,10 @@ def test_every_metric_by_hand(monkeypatch):
     Top classes [0, 1]: wrong at top 1, right at top 2; G's box (4, 4, 7, 7) = the truth.
   Image C, label 2: B = 255 on (0, 0, 1, 1) (mean 15.9), R = G = 0: top 1 right; its box
     (0, 0, 1, 1) against the truth (0, 0, 5, 5): IoU 4/36: wrong.
-  Classification: top-1 error 1/3 (B), top-2 error 0.
+  Image D, label 0, no ground-truth box (as most ILSVRC training images): R = 200 on
+    (2, 2, 5, 5): top 1 right. It counts for classification only; every localization
+    rate divides by the 3 images that have boxes.
+  Classification: top-1 error 1/4 (B), top-2 error 0.
   Paper localization: top-1 A only -> error 2/3; top-2 A, B -> error 1/3; GT-known A, B
     -> 2/3; mean IoU (1 + 1 + 1/9) / 3 = 19/27. Heuristic: the tight (0.5 of max) and
     loose boxes of a block map are the block: A (rank 0) and B (rank 1) hit -> error 1/3.
@@ -138,6 +143,8 @@ def test_every_metric_by_hand(monkeypatch):
        'boxes': np.array([[4, 4, 7, 7]]), 'file_name': 'b.png'},
       {'image': _hand_image([(2, 255, (0, 0, 1, 1))]), 'label': 2,
        'boxes': np.array([[0, 0, 5, 5]]), 'file_name': 'c.png'},
+      {'image': _hand_image([(0, 200, (2, 2, 5, 5))]), 'label': 0,
+       'boxes': np.zeros((0, 4), np.int32), 'file_name': 'd.png'},
   ]
   info = SourceInfo(name='hand', num_classes=3, class_names=('r', 'g', 'b'), has_masks=False)
   monkeypatch.setattr(evaluate.data_lib, 'load_source', lambda data, split: (examples, info))
@@ -147,13 +154,39 @@ def test_every_metric_by_hand(monkeypatch):
   config.eval.batch_size = 8
   got = evaluate.evaluate(config, _ChannelGAP(), sharding.make_mesh(), num_pictures=1)
   expected = {
-      'num_images': 3, 'cls_top1_error': 1 / 3, 'cls_top5_error': 0.0,
+      'num_images': 4, 'num_images_with_boxes': 3, 'num_images_without_boxes': 1,
+      'cls_top1_error': 1 / 4, 'cls_top5_error': 0.0,
       'loc_top1_error': 2 / 3, 'loc_top5_error': 1 / 3, 'loc_top5_error_heuristic': 1 / 3,
       'gt_known_loc_accuracy': 2 / 3, 'gt_known_mean_iou': 19 / 27,
       'center_baseline_loc_accuracy': 2 / 3, 'max_box_acc': 2 / 3,
       'max_box_acc_threshold': 0.01, 'max_box_acc_v2': 2 / 3,
   }
   for key, value in expected.items():
-    assert got[key] == pytest.approx(value, abs=1e-12), key
+    # The mean IoU is summed in fixed point (2**-32 units, exact in any order).
+    tolerance = 1e-9 if key == 'gt_known_mean_iou' else 1e-12
+    assert got[key] == pytest.approx(value, abs=tolerance), key
+  assert got['split'] == 'test'  # the reported split is named
   assert 'pxap' not in got  # no masks
   assert len(got['pictures']) == 1
+
+
+def test_an_evaluation_that_fails_stops_its_input_workers(tiny_data_dir, monkeypatch):
+  """The traceback keeps the evaluation's frames (and so its batch generator) alive: the
+  grain worker processes must be stopped by evaluate itself, not by garbage collection."""
+  config = synthetic_gap.get_config('tiny')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  config.data.num_workers = 1
+
+  def failing_predict_fn(*args, **kwargs):
+    def predict(*a):
+      raise RuntimeError('device lost')
+    return predict
+
+  monkeypatch.setattr(evaluate, 'make_predict_fn', failing_predict_fn)
+  before = set(multiprocessing.active_children())
+  model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0))
+  with pytest.raises(RuntimeError, match='device lost') as raised:
+    evaluate.evaluate(config, model, sharding.make_mesh(), localization=False)
+  assert raised.traceback  # still held here
+  assert not set(multiprocessing.active_children()) - before
