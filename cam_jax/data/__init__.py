@@ -1,17 +1,29 @@
 """Dataset registry: TF-free TFDS builders read through `data_source`, and folder
-datasets read in place (DESIGN.md §2).
+datasets read in place.
 
 Every source yields the examples described in `cam_jax.data.base`: encoded image bytes,
-`label`, `boxes` (N×4 int32 inclusive corners in the original image, DESIGN.md §5),
-`file_name` and, where the dataset has them, `segmentation_mask` bytes.
+`label`, `boxes` (N×4 int32 inclusive corners in the original image), `file_name` and,
+where the dataset has them, `segmentation_mask` bytes.
+
+A run reads three splits: `train_split` (less its `holdout` part, if any) for training,
+`select_split` for the evaluations during training that choose the best checkpoint, and
+`eval_split` for the reported result. Choosing on the reported split would flatter it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import functools
+import os
 from typing import Any, Callable
 
+import jax
+import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
+
+from cam_jax import sharding
 
 from cam_jax.data import cub, ilsvrc, synthetic, wsol
 from cam_jax.data.base import SourceInfo
@@ -76,19 +88,61 @@ def prepare_command(name: str, builder_config: str | None, data_dir: str | None)
   return cmd
 
 
-def ensure_prepared(builder: tfds.core.DatasetBuilder, name: str, *, prepare_now: bool,
-                    manual_dir: str | None = None) -> None:
-  """Prepares an embedded dataset when allowed; otherwise says how to prepare it."""
+def _prepare_locked(make_builder: Callable[[], tfds.core.DatasetBuilder],
+                    manual_dir: str | None) -> None:
+  """Prepares the dataset unless it already is, holding a lock file in the data dir, so
+  that processes sharing the data dir never race on TFDS's final rename: the first
+  prepares, the others find it prepared."""
+  builder = make_builder()
+  root = builder.data_dir_root
+  os.makedirs(root, exist_ok=True)
+  cfg = builder.builder_config.name if builder.builder_config else 'default'
+  with open(os.path.join(root, f'.{builder.name}-{cfg}.prepare.lock'), 'a') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError as e:  # a file system without locks: preparing unlocked is all we can do
+      logging.warning('No lock on %s (%s); preparing without one.', lock.name, e)
+    builder = make_builder()  # after the wait: what is on disk now
+    if not builder.is_prepared():
+      prepare(builder, manual_dir)
+
+
+# Datasets whose preparation the processes of this run have already agreed on.
+_PREPARED_TOGETHER: set[tuple[str, str | None, str | None]] = set()
+
+
+def ensure_prepared(make_builder: Callable[[], tfds.core.DatasetBuilder], name: str, *,
+                    prepare_now: bool, manual_dir: str | None = None
+                    ) -> tfds.core.DatasetBuilder:
+  """The builder of a prepared dataset: an embedded one is prepared now when allowed;
+  otherwise the error says how to prepare it.
+
+  With several processes, process 0 prepares while the others wait at a barrier (the
+  first time this run asks for the dataset), so that hosts sharing the data dir prepare
+  it once; a process that still does not see it prepared (a data dir of its own) then
+  prepares its own copy, under the same lock as every process of its host.
+  """
+  builder = make_builder()
+  embedded = DATASETS[name].embedded
+  if prepare_now and embedded:
+    cfg = builder.builder_config.name if builder.builder_config else None
+    key = (name, cfg, os.fspath(builder.data_dir_root))
+    if jax.process_count() > 1 and key not in _PREPARED_TOGETHER:
+      if jax.process_index() == 0:
+        _prepare_locked(make_builder, manual_dir)
+      sharding.barrier(f'cam_jax: {name}/{cfg} prepared')
+      _PREPARED_TOGETHER.add(key)
+      builder = make_builder()
+    if not builder.is_prepared():
+      _prepare_locked(make_builder, manual_dir)
+      builder = make_builder()
   if builder.is_prepared():
-    return
+    return builder
   cfg = builder.builder_config.name if builder.builder_config else None
-  if prepare_now and DATASETS[name].embedded:
-    prepare(builder, manual_dir)
-    return
   raise FileNotFoundError(
       f'Dataset {name}/{cfg} is not prepared in {builder.data_dir_root}. Prepare it with:\n'
       f'  {prepare_command(name, cfg, builder.data_dir_root)}'
-      + ('\nor set --config.data.prepare=True.' if DATASETS[name].embedded else
+      + ('\nor set --config.data.prepare=True.' if embedded else
          '\n(README, "Preparing ILSVRC and CUB", lists the files it reads).'))
 
 
@@ -100,23 +154,84 @@ def builder_info(name: str, info: tfds.core.DatasetInfo) -> SourceInfo:
                     has_masks='segmentation_mask' in info.features)
 
 
-def load_source(data_config, split: str) -> tuple[Any, SourceInfo]:
-  """`(source, info)` of one split, prepared first if the config allows.
+# `config.data.select_split` value that means the held-out part of the train split.
+HOLDOUT = 'holdout'
+# The held-out images are a random choice fixed by this seed, not by `config.seed`: every
+# run of a sweep chooses its checkpoint on the same images.
+HOLDOUT_SEED = 0
 
-  Images (and masks) come back encoded; the pipeline decodes them, so that every dataset
-  converts colour modes the same way and a bad file is named in the error.
-  """
+
+class Subset:
+  """The examples of `source` at `indices`, as a source of its own (random access)."""
+
+  def __init__(self, source: Any, indices: np.ndarray, name: str):
+    self.source, self.indices, self.name = source, np.asarray(indices, np.int64), name
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> Any:
+    return self.source[int(self.indices[index])]
+
+  def __repr__(self) -> str:
+    return f'Subset({self.name}, {len(self)} of {len(self.source)})'
+
+
+def holdout_indices(num_examples: int, holdout: int) -> np.ndarray:
+  """Sorted indices of the `holdout` examples (of `num_examples`) kept out of training."""
+  if not 0 <= holdout < num_examples:
+    raise ValueError(f'config.data.holdout={holdout}: expected 0 <= holdout < '
+                     f'{num_examples} (the size of the train split)')
+  rng = np.random.default_rng(HOLDOUT_SEED)
+  return np.sort(rng.choice(num_examples, size=holdout, replace=False))
+
+
+def _load(data_config, split: str) -> tuple[Any, SourceInfo]:
   spec = _spec(data_config.name)
   if spec.folder_source is not None:
     return spec.folder_source(data_config, split)
-  builder = get_builder(data_config.name, data_config.get('builder_config'),
-                        data_config.get('data_dir'))
-  ensure_prepared(builder, data_config.name, prepare_now=data_config.get('prepare', False),
-                  manual_dir=data_config.get('manual_dir'))
+  make_builder = functools.partial(get_builder, data_config.name,
+                                   data_config.get('builder_config'),
+                                   data_config.get('data_dir'))
+  builder = ensure_prepared(make_builder, data_config.name,
+                            prepare_now=data_config.get('prepare', False),
+                            manual_dir=data_config.get('manual_dir'))
   if split not in builder.info.splits:
     raise ValueError(f'dataset {data_config.name!r} has no split {split!r}; '
-                     f'splits: {", ".join(builder.info.splits)}')
+                     f'splits: {", ".join(builder.info.splits)}'
+                     + (f' (or {HOLDOUT!r}, with config.data.holdout > 0)'
+                        if split == data_config.get('select_split') else ''))
   decoders = {k: tfds.decode.SkipDecoding() for k in ('image', 'segmentation_mask')
               if k in builder.info.features}
   source = builder.as_data_source(split, decoders=decoders)
   return source, builder_info(data_config.name, builder.info)
+
+
+def load_source(data_config, split: str) -> tuple[Any, SourceInfo]:
+  """`(source, info)` of one split, prepared first if the config allows; `'holdout'` is
+  the part of `data_config.train_split` kept out of training (`data_config.holdout`
+  examples).
+
+  Images (and masks) come back encoded; the pipeline decodes them, so that every dataset
+  converts colour modes the same way and a bad file is named in the error.
+  """
+  if split != HOLDOUT:
+    return _load(data_config, split)
+  holdout = data_config.get('holdout', 0)
+  if not holdout:
+    raise ValueError(f"split {HOLDOUT!r} (config.data.select_split) is the part of the train "
+                     'split kept out of training: set config.data.holdout to its size')
+  source, info = _load(data_config, data_config.train_split)
+  return Subset(source, holdout_indices(len(source), holdout),
+                f'{data_config.train_split} held out'), info
+
+
+def load_train_source(data_config) -> tuple[Any, SourceInfo]:
+  """`(source, info)` of what training reads: `data_config.train_split` without its
+  held-out part (`data_config.holdout` examples, a fixed random choice)."""
+  source, info = _load(data_config, data_config.train_split)
+  holdout = data_config.get('holdout', 0)
+  if not holdout:
+    return source, info
+  kept = np.setdiff1d(np.arange(len(source)), holdout_indices(len(source), holdout))
+  return Subset(source, kept, f'{data_config.train_split} without the held-out part'), info

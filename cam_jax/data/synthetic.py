@@ -7,7 +7,7 @@ class. Features: the image (PNG bytes), its label, every ground-truth box of the
 labelled objects and their segmentation mask (evaluation only; never for training).
 
 Boxes are `(x0, y0, x1, y1)`: inclusive integer pixel corners, x the column, as in
-ILSVRC XML (DESIGN.md §5).
+ILSVRC XML.
 
 Everything is a pure function of (seed, split, index), so a dataset prepared twice, or
 on two hosts, is identical.
@@ -29,7 +29,7 @@ CLASS_NAMES = (
     'circle', 'square', 'triangle', 'plus', 'ring',
     'star', 'diamond', 'hexagon', 'hourglass', 'letter_t',
 )
-_SPLIT_IDS = {'train': 0, 'test': 1}
+_SPLIT_IDS = {'train': 0, 'test': 1, 'validation': 2}
 _MIN_SIDE, _MAX_SIDE = 0.2, 0.5  # object box side, as a fraction of the image side
 _MIN_CONTRAST = 110.0  # RGB distance between an object and the background it sits on
 
@@ -200,21 +200,26 @@ class CamSynthConfig(tfds.core.BuilderConfig):
   num_classes: int = 10
   num_train: int = 10_000
   num_test: int = 1_000
+  # Held-out images on which runs choose their best checkpoint, so that the test split
+  # stays unseen by every choice.
+  num_validation: int = 1_000
   seed: int = 0
 
 
 class CamSynth(tfds.core.GeneratorBasedBuilder):
   """Shapes on clutter with boxes and masks, for weakly supervised localization."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
       '1.0.0': 'First release.',
       '1.1.0': 'Objects 1/16 of the side apart; a second instance in 10 % of images.',
+      '1.2.0': 'A validation split (train and test unchanged).',
   }
   BUILDER_CONFIGS = [
       CamSynthConfig(name='default', description='64×64 images, 10 classes.'),
       CamSynthConfig(name='tiny', description='32×32 images, 4 classes; for tests.',
-                     image_size=32, num_classes=4, num_train=256, num_test=64),
+                     image_size=32, num_classes=4, num_train=256, num_test=64,
+                     num_validation=64),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
@@ -239,6 +244,7 @@ class CamSynth(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Nothing to download: the data is drawn.
     cfg = self.builder_config
     return {'train': self._generate_examples('train', cfg.num_train),
+            'validation': self._generate_examples('validation', cfg.num_validation),
             'test': self._generate_examples('test', cfg.num_test)}
 
   def _generate_examples(self, split: str, num: int):
