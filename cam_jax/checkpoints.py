@@ -3,9 +3,11 @@ from another run's weights.
 
 Layout of a workdir:
   checkpoints/<step>/  the last `config.keep_checkpoints` saves: `state` (model and
-                       optimizer, replicated arrays), `meta` (JSON: what the checkpoint
-                       must agree on with the config that restores it), `data` (the input
-                       iterator's state, one JSON file per process).
+                       optimizer, replicated arrays) and `meta` (JSON: what the checkpoint
+                       must agree on with the config that restores it, and the run
+                       settings a resume must keep). The input pipeline's position is the
+                       step itself, so a checkpoint holds no iterator state and restores
+                       in any number of processes.
   best/<step>/         the save with the best `config.best_metric` so far (state + meta,
                        the metric's value in meta).
 orbax writes each save to a temporary folder and renames it when complete, so a crash
@@ -21,7 +23,6 @@ import os
 import re
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import numpy as np
@@ -32,15 +33,73 @@ from flax import nnx
 TrainState = Any  # nnx.State of (model, optimizer)
 _COMPATIBLE_KEYS = ('model', 'model_kwargs', 'num_classes', 'dataset')
 
+# What an exact resume depends on, by config field: the batches it reads (global batch k is
+# a function of these and k alone) and the update of every step.
+RESUME_FIELDS = ('batch_size', 'seed', 'data.name', 'data.builder_config', 'data.train_split',
+                 'data.holdout', 'data.image_size', 'data.train_crop', 'data.flip',
+                 'total_steps', 'optimizer.name', 'optimizer.learning_rate',
+                 'optimizer.schedule', 'optimizer.warmup_steps', 'optimizer.decay_every',
+                 'optimizer.momentum', 'optimizer.nesterov', 'optimizer.weight_decay',
+                 'optimizer.frozen', 'optimizer.new_layers',
+                 'optimizer.new_layers_lr_multiplier', 'label_smoothing', 'model.dtype')
+# Changes a resume goes on with, with a warning: the data order and every update stay as
+# they were (model.dtype changes rounding only).
+_RESUME_WARN_ONLY = ('process_count', 'model.dtype')
+
+
+def _config_value(config: ml_collections.ConfigDict, field: str) -> Any:
+  node = config
+  for name in field.split('.'):
+    node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+  return node
+
+
+def resume_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`{config field: value}` of what an exact resume needs unchanged, and the number of
+  processes, as JSON would store them (tuples become lists)."""
+  settings = {field: _config_value(config, field) for field in RESUME_FIELDS}
+  settings['process_count'] = jax.process_count()
+  return json.loads(json.dumps(settings))
+
 
 def checkpoint_meta(config: ml_collections.ConfigDict, num_classes: int, step: int,
                     class_names: tuple[str, ...] = ()) -> dict[str, Any]:
-  """What a checkpoint must agree on with the config that restores it, and the class
-  names, so that a checkpoint alone can name its predictions (--mode=localize)."""
+  """What a checkpoint must agree on with the config that restores it, what a resume
+  needs unchanged (`resume`), and the class names, so that a checkpoint alone can name
+  its predictions (--mode=localize)."""
   return {'step': step, 'model': config.model.name,
           'model_kwargs': config.model.get('kwargs', ml_collections.ConfigDict()).to_dict(),
           'num_classes': num_classes, 'dataset': config.data.name,
-          'class_names': list(class_names)}
+          'class_names': list(class_names), 'resume': resume_settings(config)}
+
+
+def check_resume(meta: dict[str, Any], settings: dict[str, Any], where: str) -> None:
+  """Refuses a resume whose config changed a setting the checkpoint's run depends on
+  (ValueError naming each field); warns where going on is safe: the number of processes
+  (the batches are the same), the compute dtype, and `total_steps` under a schedule that
+  does not depend on it ('step' or 'constant')."""
+  saved = meta.get('resume')
+  if saved is None:
+    logging.warning('The checkpoint in %s was written before checkpoints recorded their '
+                    'run settings: the resume cannot check that batch size, data and '
+                    'schedule are unchanged.', where)
+    return
+  refused, warned = [], []
+  for field, now in settings.items():
+    then = saved.get(field)
+    if field not in saved or then == now:
+      continue
+    safe = field in _RESUME_WARN_ONLY or (
+        field == 'total_steps' and settings.get('optimizer.schedule') in ('step', 'constant'))
+    (warned if safe else refused).append(f'{field}: {then!r} in the checkpoint, {now!r} now')
+  for change in warned:
+    logging.warning('Resuming %s with a changed setting (safe: the batches and the updates '
+                    'of the steps done stay the same): %s', where, change)
+  if refused:
+    raise ValueError(
+        f'The checkpoint in {where} was written by a run with other settings, so resuming '
+        f'it would not continue that run: {"; ".join(refused)}. Use the config (and '
+        '--config flags) that wrote it, or another --workdir.')
 
 
 def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict, *,
@@ -48,22 +107,22 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict, *,
                        max_to_keep: int | None = None) -> ocp.CheckpointManager:
   """The manager of `workdir/folder`; saves are asynchronous."""
   keep = config.keep_checkpoints if max_to_keep is None else max_to_keep
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  # With several processes, orbax names its barriers by step: checkpoints/ and best/ saving
+  # the same step at once would collide ("Barrier _async_write_complete.N is already
+  # ongoing") unless each manager has its own prefix.
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=folder))
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), folder), options=options)
 
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState,
-                    meta: dict[str, Any], data_iterator: grain.DatasetIterator | None = None
-                    ) -> None:
-  """Saves asynchronously (orbax: temporary folder, renamed when complete).
-
-  With `data_iterator`, its state (one small JSON file per process) is saved too, so that
-  a resumed run reads the batches an uninterrupted one would have read.
-  """
-  items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
-  if data_iterator is not None:
-    items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-  manager.save(step, args=ocp.args.Composite(**items))
+                    meta: dict[str, Any]) -> None:
+  """Saves asynchronously (orbax: temporary folder, renamed when complete). The input
+  pipeline needs no state of its own: its position is the step."""
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)))
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -71,26 +130,24 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainState,
-                       expected_meta: dict[str, Any], step: int | None = None,
-                       data_iterator: grain.DatasetIterator | None = None
+                       expected_meta: dict[str, Any], step: int | None = None
                        ) -> tuple[int, TrainState] | None:
-  """`(step, state)` of the latest (or given) checkpoint, or None if there is none.
+  """`(step, state)` of the latest (or given) checkpoint to resume, or None if there is
+  none.
 
-  The state is restored onto the shardings of `abstract_state` (any device count). With
-  `data_iterator`, the input pipeline's saved state is restored into it. Raises
-  ValueError if the checkpoint belongs to another model or dataset, before anything is
-  overwritten.
+  The state is restored onto the shardings of `abstract_state` (any device count, any
+  number of processes). Raises ValueError, before anything is overwritten, if the
+  checkpoint belongs to another model or dataset, or if the run settings in
+  `expected_meta['resume']` changed in a way an exact resume cannot follow
+  (`check_resume`).
   """
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
-  where = _check_meta(manager, step, expected_meta)
+  meta = read_meta(manager, step)
+  where = _check_meta(manager, step, expected_meta, meta)
+  check_resume(meta, expected_meta['resume'], where)
   items = {'state': ocp.args.StandardRestore(abstract_state)}
-  if data_iterator is not None:
-    if not os.path.isdir(os.path.join(where, 'data')):
-      raise ValueError(f'The checkpoint in {where} has no input pipeline state, so the data '
-                       'order cannot be resumed. Use another --workdir.')
-    items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   return step, _restore(manager, step, where, items)['state']
 
 

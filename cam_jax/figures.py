@@ -11,7 +11,7 @@
 Every map is shown on the original image through the eval window's inverse
 (`windows.map_to_original`), as the boxes are scored; pixels the network did not see (a
 centre crop's sides) show the plain image. Boxes are `(x0, y0, x1, y1)`, inclusive
-integer corners in the original image's grid (DESIGN.md §5), until `_fit_tile` maps
+integer corners in the original image's grid, until `_fit_tile` maps
 them onto the tile.
 """
 
@@ -120,35 +120,38 @@ def write_evaluation_figures(config: ml_collections.ConfigDict, model: nnx.Modul
                                   resize_shorter=config.data.eval_resize_shorter,
                                   num_threads=config.data.num_threads,
                                   num_workers=config.data.num_workers)
-  for b, (batch, n) in enumerate(batches):
-    arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
-    out = sharding.to_host(predict_cam(state, arrays['image'], arrays['label']), mesh)
-    backprop_BThw = None
-    if b == 0:
-      # Only the rows Fig. 5 draws (rounded up to whole shards): a backward pass over the
-      # whole eval batch would hold its activations for nothing (0.7 GB more at 128×64²).
-      rows = min(process_batch, -(-fig.num_images // local_devices) * local_devices)
-      first = sharding.shard_batch({'image': batch['image'][:rows],
-                                    'label': batch['label'][:rows]}, mesh)
-      backprop = predict_backprop(state, first['image'], first['label'])
-      backprop_BThw = sharding.to_host(backprop, mesh)['maps_BThw']
-    if not writer:
-      continue
-    probs_BC = special.softmax(out['logits_BC'].astype(np.float64), axis=-1)
-    for i in range(n):
-      label, index = int(batch['label'][i]), int(batch['index'][i])
-      # Copies: a view would keep the whole batch alive as long as the item.
-      where = (batch['window'][i].copy(), tuple(int(v) for v in batch['orig_hw'][i]))
-      best.add(label, probs_BC[i, label], index, (out['maps_BThw'][i, -1].copy(), *where))
-      if len(firsts) < fig.num_images:
-        top1 = int(out['classes_Bk'][i, 0])
-        firsts.append({
-            'index': index, 'label': label, 'top1': top1, 'prob': probs_BC[i, top1],
-            'cam_top1': out['maps_BThw'][i, 0].copy(),
-            'cam_label': out['maps_BThw'][i, -1].copy(),
-            'backprop': None if backprop_BThw is None else backprop_BThw[i, -1].copy(),
-            'gt_M4': batch['boxes'][i, :batch['num_boxes'][i]].copy(),
-            'window': where[0], 'orig_hw': where[1]})
+  try:
+    for b, (batch, n) in enumerate(batches):
+      arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
+      out = sharding.to_host(predict_cam(state, arrays['image'], arrays['label']), mesh)
+      backprop_BThw = None
+      if b == 0:
+        # Only the rows Fig. 5 draws (rounded up to whole shards): a backward pass over the
+        # whole eval batch would hold its activations for nothing (0.7 GB more at 128×64²).
+        rows = min(process_batch, -(-fig.num_images // local_devices) * local_devices)
+        first = sharding.shard_batch({'image': batch['image'][:rows],
+                                      'label': batch['label'][:rows]}, mesh)
+        backprop = predict_backprop(state, first['image'], first['label'])
+        backprop_BThw = sharding.to_host(backprop, mesh)['maps_BThw']
+      if not writer:
+        continue
+      probs_BC = special.softmax(out['logits_BC'].astype(np.float64), axis=-1)
+      for i in range(n):
+        label, index = int(batch['label'][i]), int(batch['index'][i])
+        # Copies: a view would keep the whole batch alive as long as the item.
+        where = (batch['window'][i].copy(), tuple(int(v) for v in batch['orig_hw'][i]))
+        best.add(label, probs_BC[i, label], index, (out['maps_BThw'][i, -1].copy(), *where))
+        if len(firsts) < fig.num_images:
+          top1 = int(out['classes_Bk'][i, 0])
+          firsts.append({
+              'index': index, 'label': label, 'top1': top1, 'prob': probs_BC[i, top1],
+              'cam_top1': out['maps_BThw'][i, 0].copy(),
+              'cam_label': out['maps_BThw'][i, -1].copy(),
+              'backprop': None if backprop_BThw is None else backprop_BThw[i, -1].copy(),
+              'gt_M4': batch['boxes'][i, :batch['num_boxes'][i]].copy(),
+              'window': where[0], 'orig_hw': where[1]})
+  finally:
+    batches.close()  # its reader threads and workers stop, whatever ends the loop
   if not writer:
     return []
 

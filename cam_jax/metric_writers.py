@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+from absl import logging
 
 from cam_jax import io_utils
 
@@ -42,13 +43,32 @@ class MetricWriter:
 
   def truncate(self, step: int) -> None:
     """Drops records past `step`: a resumed run logs those steps again. (TensorBoard shows
-    the newer points of a step that is logged twice.)"""
+    the newer points of a step that is logged twice.)
+
+    A last line cut short (a crash while writing it) is dropped with a warning; a bad
+    line before the last one raises ValueError naming it.
+    """
     if not self.active or not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line).get('step', 0) <= step]
-    if len(kept) != len(lines):
+    with open(self.path, encoding='utf-8', errors='replace') as f:
+      text = f.read()
+    lines = text.splitlines(keepends=True)
+    kept = []
+    for number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        if number < len(lines):
+          raise ValueError(f'{self.path}, line {number}: not a JSON record ({e}); fix or '
+                           'remove that line to resume') from e
+        logging.warning('%s: dropped its last line, cut short (%d characters: %r...), '
+                        'as a crash while writing leaves it', self.path, len(line), line[:60])
+        continue
+      if record.get('step', 0) <= step:
+        kept.append(line if line.endswith('\n') else line + '\n')
+    if ''.join(kept) != text:
       io_utils.atomic_write_text(self.path, ''.join(kept))
 
   def close(self) -> None:

@@ -1,7 +1,7 @@
 """Training: state, the jitted train step, the loop, checkpoints and metric cadence.
 
-The step is one `jax.jit` over a `data` mesh of every device (DESIGN.md §2): the batch is
-split over `data`, parameters and optimizer state are replicated, and the compiler
+The step is one `jax.jit` over a `data` mesh of every device of every process: the batch
+is split over `data`, parameters and optimizer state are replicated, and the compiler
 inserts the gradient all-reduce. BatchNorm statistics are therefore global.
 """
 
@@ -15,10 +15,11 @@ import re
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grain
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -34,6 +35,7 @@ from cam_jax import figures
 from cam_jax import metric_writers
 from cam_jax import models
 from cam_jax import sharding
+from cam_jax import workdir_lock
 from cam_jax.data import pipeline
 
 TrainState = Any  # nnx.State of (model, optimizer)
@@ -236,17 +238,34 @@ def make_train_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *,
 
 class Preemption:
   """Notes a SIGTERM (what Kubernetes, SLURM and Cloud TPU send before they stop a job);
-  the loop then saves a checkpoint at the end of the current step and leaves cleanly.
+  the loop then saves a checkpoint at the step `requested(step)` first says True and
+  leaves cleanly.
 
-  With several processes, every process must save at the same step: `requested()` is an
-  all-gather of the flag, so all of them stop together even if only one got the signal.
+  One process: a signal handler sets a flag, read at the end of each step. Several
+  processes must all save the same step, even if only one got the signal: JAX's
+  preemption sync point does that (`multihost_utils.reached_preemption_sync_point`). The
+  coordination service's own SIGTERM handler tells every process, and they agree on a
+  step a little ahead of all of them; asking costs no collective, so the steps stay
+  queued on the devices. Where JAX's preemption service is off
+  (`jax_enable_preemption_service`), every step all-gathers the flag instead.
   """
 
   def __init__(self):
     self.flag = False
     self._previous = None
+    self._sync_point = False
+    self._all_gather = False
 
   def __enter__(self) -> 'Preemption':
+    if jax.process_count() > 1:
+      try:
+        multihost_utils.reached_preemption_sync_point(0)
+        self._sync_point = True
+        return self  # JAX's handler catches SIGTERM: ours would replace it.
+      except RuntimeError as e:
+        logging.warning('JAX preemption service unavailable (%s): checking for SIGTERM with '
+                        'an all-gather every step.', e)
+        self._all_gather = True
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
@@ -259,11 +278,13 @@ class Preemption:
     del signum, frame
     self.flag = True
 
-  def requested(self) -> bool:
-    if jax.process_count() == 1:
-      return self.flag
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return bool(np.max(multihost_utils.process_allgather(np.int32(self.flag))))
+  def requested(self, step: int) -> bool:
+    """Whether to save at `step` and stop; called once at the end of every step."""
+    if self._sync_point:
+      return multihost_utils.reached_preemption_sync_point(step)
+    if self._all_gather:
+      return bool(np.max(multihost_utils.process_allgather(np.int32(self.flag))))
+    return self.flag
 
 
 def _format_eta(seconds: float) -> str:
@@ -276,6 +297,17 @@ def _format_eta(seconds: float) -> str:
 # The loop
 # ---------------------------------------------------------------------------
 
+def _all_finite(state: TrainState) -> bool:
+  """Whether every float of the train state (parameters, optimizer state) is finite."""
+  leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return bool(_finite_fn(leaves))
+
+
+@jax.jit
+def _finite_fn(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                 manager: ocp.CheckpointManager, writer: metric_writers.MetricWriter,
                 best: checkpoints.BestCheckpoint | None, preemption: Preemption,
@@ -283,10 +315,12 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                 info: data_lib.SourceInfo, start_step: int, last_step: int
                 ) -> tuple[TrainState, int]:
   """Steps `start_step + 1 .. last_step` on `batches` (positioned after `start_step`):
-  progress lines, metrics, periodic evaluations, checkpoints. Returns the state and the
-  last step run (earlier than `last_step` when preempted)."""
+  progress lines, metrics, periodic evaluations of `config.data.select_split` (which
+  choose best/), checkpoints. Returns the state and the last step run (earlier than
+  `last_step` when preempted)."""
   train_step = make_train_step(graphdef, mesh, label_smoothing=config.get('label_smoothing', 0.0))
   lr_fn = create_learning_rate_fn(config)
+  select_split = config.data.get('select_split') or config.data.eval_split
 
   total = config.total_steps
   logging.info('Training %s on %s: steps %d..%d of %d, global batch %d on %d devices '
@@ -301,10 +335,13 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     state, metrics = train_step(state, batch)
     train_metrics.append(metrics)
 
-    preempted = preemption.requested()
+    preempted = preemption.requested(step)
     checkpoint_now = step % config.checkpoint_every == 0 or step == last_step or preempted
-    # Metrics are read before every checkpoint, so a NaN never reaches one.
-    if step % config.log_every == 0 or checkpoint_now:
+    eval_now = bool(config.eval_every) and step % config.eval_every == 0 and step != total \
+        and not preempted
+    # Metrics are read before every evaluation and checkpoint, and the state is checked,
+    # so that a NaN never reaches a saved checkpoint, best/ included.
+    if step % config.log_every == 0 or checkpoint_now or eval_now:
       fetched = jax.device_get(train_metrics)
       summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       train_metrics = []
@@ -323,14 +360,22 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       writer.write({'step': step, 'split': 'train', **summary,
                     'learning_rate': float(lr_fn(step - 1)), 'images_per_s': images_per_s,
                     'elapsed_s': now - t_start})
+    if (checkpoint_now or eval_now) and not _all_finite(state):
+      # The step's metrics come from before its update: a finite loss and gradient with
+      # a NaN learning rate still poison the parameters.
+      raise FloatingPointError(
+          f'non-finite parameters or optimizer state after step {step}; stopped before any '
+          f'checkpoint held them: the last good one in {manager.directory} is intact. '
+          'Check the learning rate schedule.')
 
-    if config.eval_every and step % config.eval_every == 0 and step != total and not preempted:
+    if eval_now:
       results = evaluate_lib.evaluate(
           config, nnx.merge(graphdef, state)[0], mesh, localization=True,
-          num_examples=config.get('eval_examples_during_training'))
+          num_examples=config.get('eval_examples_during_training'), split=select_split)
       results.pop('pictures', None)
-      logging.info('step %d eval: %s', step, evaluate_lib.format_brief(results))
-      writer.write({'step': step, 'split': config.data.eval_split, **results})
+      logging.info('step %d eval of %s: %s', step, select_split,
+                   evaluate_lib.format_brief(results))
+      writer.write({'step': step, **results})
       meta = checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names)
       if best is not None and best.update(step, state, meta, results):
         logging.info('step %d: best %s so far (%.4f), saved in %s', step, best.metric,
@@ -339,13 +384,37 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     if checkpoint_now:
       checkpoints.save_checkpoint(
           manager, step, state,
-          checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names), batches)
+          checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names))
     if preempted:
       logging.warning('SIGTERM: saved a checkpoint at step %d in %s; run the same command to '
                       'resume.', step, manager.directory)
       break
   manager.wait_until_finished()
   return state, step
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str) -> Iterator[None]:
+  """Process 0 holds the workdir's lock for the run (`cam_jax.workdir_lock`); if it cannot
+  get it, every process raises, so that none of them starts."""
+  lock = workdir_lock.WorkdirLock(workdir)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirLockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    if refused and error is None:
+      raise workdir_lock.WorkdirLockedError(
+          f'process 0 could not lock {lock.path}: another run holds it (process 0 names it)')
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    lock.release()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -355,33 +424,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_after`: leave after that many steps in total, with a checkpoint, as a preempted
   job would; the next call with the same workdir resumes there. A SIGTERM does the same
   at the end of the current step. Returns the evaluation results, or None when stopped
-  early.
+  early. Refuses to start while another run holds the workdir (`run.lock`).
   """
-  os.makedirs(workdir, exist_ok=True)
   sharding.maybe_initialize_distributed(config.get('distributed', False))
+  os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
+  with _workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir, mesh, stop_after)
 
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        mesh: jax.sharding.Mesh, stop_after: int | None
+                        ) -> dict[str, Any] | None:
   # --- Data -------------------------------------------------------------------
-  train_source, info = data_lib.load_source(config.data, config.data.train_split)
+  train_source, info = data_lib.load_train_source(config.data)
   num_classes = info.num_classes
   config = resolve_schedule(config, len(train_source), mesh.devices.size)
-  process_batch = sharding.check_batch_size(config.batch_size, mesh)
-  batches = pipeline.train_batches(
-      train_source, image_size=config.data.image_size, process_batch_size=process_batch,
-      seed=config.seed, crop=config.data.train_crop, flip=config.data.flip,
-      num_threads=config.data.num_threads, num_workers=config.data.num_workers)
+  sharding.check_batch_size(config.batch_size, mesh)
+  select_split = config.data.get('select_split') or config.data.eval_split
+  if config.eval_every and select_split == config.data.eval_split:
+    logging.warning('config.data.select_split is the reported split (%r): best/ is chosen '
+                    'on the images that report the result.', select_split)
 
   # --- State, resumed if the workdir has a checkpoint -------------------------
   graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)
   writer = metric_writers.MetricWriter(workdir, tensorboard=config.get('tensorboard', True))
   best = (checkpoints.BestCheckpoint(workdir, config)
           if config.get('best_metric') and config.eval_every else None)
-  # Closing the iterator stops its worker processes, whatever ends the loop.
   with checkpoints.checkpoint_manager(workdir, config) as manager, \
-      contextlib.closing(batches), contextlib.closing(writer), Preemption() as preemption:
+      contextlib.closing(writer), Preemption() as preemption:
     restored = checkpoints.restore_checkpoint(
-        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0),
-        data_iterator=batches)
+        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0))
     if restored is None:
       start_step = 0
       state = sharding.replicate(create_train_state(config, num_classes)[1], mesh)
@@ -391,10 +464,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       writer.truncate(start_step)
     total = config.total_steps
     last_step = total if stop_after is None else min(total, stop_after)
+    # The batches after start_step: global batch k depends on k alone.
+    batches = pipeline.train_batches(
+        train_source, image_size=config.data.image_size, global_batch_size=config.batch_size,
+        seed=config.seed, start_step=start_step, crop=config.data.train_crop,
+        flip=config.data.flip, num_threads=config.data.num_threads,
+        num_workers=config.data.num_workers)
+    # Closing the iterator stops its worker processes, whatever ends the loop.
     try:
-      state, last_step = _train_loop(config, mesh, manager, writer, best, preemption,
-                                     graphdef, state, batches, info, start_step,
-                                     last_step)
+      with contextlib.closing(batches):
+        state, last_step = _train_loop(config, mesh, manager, writer, best, preemption,
+                                       graphdef, state, batches, info, start_step,
+                                       last_step)
     finally:
       if best is not None:
         best.close()

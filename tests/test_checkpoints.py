@@ -48,3 +48,47 @@ def test_checkpoint_locations(tmp_path):
   assert checkpoints.checkpoint_location(os.path.join(ckpt, '12')) == (ckpt, 12)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     checkpoints.checkpoint_location(str(tmp_path / 'missing'))
+
+
+def _settings(**changes):
+  config = synthetic_gap.get_config('tiny')
+  for key, value in changes.items():
+    node = config
+    *path, last = key.split('.')
+    for name in path:
+      node = node[name]
+    node[last] = value
+  return checkpoints.resume_settings(config)
+
+
+def test_resume_settings_name_what_an_exact_resume_needs():
+  settings = _settings()
+  assert settings['batch_size'] == 16 and settings['process_count'] == 1
+  assert settings['data.image_size'] == 32 and settings['data.builder_config'] == 'tiny'
+  assert settings['optimizer.schedule'] == 'cosine' and settings['total_steps'] == 6
+  assert settings['optimizer.new_layers'] == ['cam_conv/.*', 'head/.*']  # as JSON stores it
+
+
+@pytest.mark.parametrize('field,value', [
+    ('batch_size', 32), ('data.image_size', 48), ('data.train_split', 'validation'),
+    ('data.holdout', 10), ('data.builder_config', 'default'), ('seed', 1),
+    ('optimizer.learning_rate', 0.1), ('total_steps', 12), ('label_smoothing', 0.1)])
+def test_a_resume_that_changes_the_run_is_refused_naming_the_field(field, value):
+  meta = {'resume': _settings()}
+  with pytest.raises(ValueError, match=rf'other settings.*{field}: .* in the checkpoint, '
+                                       rf'.*{value!r} now.*Use the config'):
+    checkpoints.check_resume(meta, _settings(**{field: value}), '/w/checkpoints/3')
+
+
+def test_a_resume_goes_on_with_a_warning_where_it_is_safe(caplog):
+  meta = {'resume': _settings(**{'optimizer.schedule': 'step'})}
+  now = _settings(**{'optimizer.schedule': 'step', 'total_steps': 12,
+                     'model.dtype': 'bfloat16'})
+  now['process_count'] = 4
+  checkpoints.check_resume(meta, now, '/w/checkpoints/3')  # no error
+  for change in ('process_count: 1 in the checkpoint, 4 now', 'total_steps: 6',
+                 "model.dtype: 'float32' in the checkpoint, 'bfloat16' now"):
+    assert change in caplog.text
+  # A checkpoint from before the settings were recorded: a warning, nothing checked.
+  checkpoints.check_resume({}, now, '/w/checkpoints/3')
+  assert 'before checkpoints recorded their run settings' in caplog.text

@@ -47,14 +47,17 @@ def test_main_trains_evaluates_and_writes_everything(tiny_data_dir, tmp_path):
   train = [r for r in records if r['split'] == 'train']
   assert [r['step'] for r in train] == [2, 3, 4, 6]  # every 2 steps, and at checkpoints
   assert all(np.isfinite(r['loss']) and r['images_per_s'] > 0 for r in train)
-  assert [r['step'] for r in records if r['split'] == 'test'] == [4]
+  # The evaluations during training run on the validation split, which chooses best/;
+  # the reported result (eval.json) on the test split.
+  assert [r['step'] for r in records if r['split'] == 'validation'] == [4]
+  assert results['split'] == 'test'
 
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
   # The eval at step 4 (the only one during training) is the best so far.
   assert os.listdir(os.path.join(workdir, 'best')) == ['4']
   events = os.listdir(os.path.join(workdir, 'tensorboard'))
   assert len(events) == 1 and events[0].startswith('events.out.tfevents')
-  eval_4 = [r for r in records if r['split'] == 'test'][0]
+  eval_4 = [r for r in records if r['split'] == 'validation'][0]
   assert 'gt_known_loc_accuracy' in eval_4  # localization is evaluated during training
   pictures = sorted(os.listdir(os.path.join(workdir, 'cams')))
   assert pictures == ['00.png', '01.png', '02.png', '03.png']
@@ -114,7 +117,8 @@ def _prepare_fake(kind, tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     settings = {'name': kind, 'data_dir': data_dir, 'eval_split': 'validation',
-                'train_crop': 'random_resized', 'eval_crop': 'resize_crop'}
+                'train_crop': 'random_resized', 'eval_crop': 'resize_crop',
+                'select_split': 'holdout', 'holdout': 4}
     return settings, len(expected['validation'])
   if kind == 'cub2011_loc':
     from cam_jax import data  # pylint: disable=g-import-not-at-top
@@ -122,12 +126,12 @@ def _prepare_fake(kind, tmp_path):
     data.prepare(data.get_builder(kind, 'segmentation', data_dir), str(tmp_path / 'manual'))
     # Worker processes decode, and their state goes into the checkpoints.
     settings = {'name': kind, 'builder_config': 'segmentation', 'data_dir': data_dir,
-                'num_workers': 1}
+                'num_workers': 1, 'select_split': 'holdout', 'holdout': 2}
     return settings, len(expected['splits']['test'])
   expected = fake_wsol.write_fake_wsol(str(tmp_path / 'wsol'), 'CUB')
   settings = {'name': 'wsol', 'wsol.dataset': 'CUB',
               'wsol.metadata_root': expected['metadata_root'],
-              'wsol.image_root': expected['image_root']}
+              'wsol.image_root': expected['image_root'], 'select_split': 'val'}
   return settings, len(expected['splits']['test']['image_ids'])
 
 
@@ -148,6 +152,7 @@ def test_main_trains_and_evaluates_on_each_real_format(kind, tmp_path):
   for key in FRACTIONS:
     assert 0.0 <= results[key] <= 1.0, (key, results[key])
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '6']
-  # The input pipeline's state is in every checkpoint.
-  assert os.listdir(os.path.join(workdir, 'checkpoints', '6', 'data'))
   assert len(os.listdir(os.path.join(workdir, 'cams'))) == 2
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    selections = [json.loads(line)['split'] for line in f if '"train"' not in line]
+  assert selections == [settings['select_split']]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cam_jax import checkpoints, sharding, train
+from cam_jax import checkpoints, sharding, train, workdir_lock
 from configs import synthetic_gap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,22 +168,47 @@ def three_steps(tiny_data_dir, tmp_path_factory):
   return config, workdir
 
 
+def _poison_after_step_3(monkeypatch):
+  """From step 4 on, a NaN learning rate: the run's settings (what a resume checks) stay
+  those of the checkpoint, and step 4's update poisons every parameter."""
+  real = train.create_learning_rate_fn
+  monkeypatch.setattr(train, 'create_learning_rate_fn', lambda config: (
+      lambda step: jnp.where(step >= 3, jnp.nan, real(config)(step))))
+
+
 def test_injected_nan_stops_clearly_and_the_last_checkpoint_still_restores(
-    tiny_data_dir, tmp_path, three_steps):
+    tiny_data_dir, tmp_path, three_steps, monkeypatch):
   config, source = three_steps
   workdir = str(tmp_path / 'w')
   shutil.copytree(source, workdir)  # this test writes into it
   _, good = _restore(config, workdir)
-  # Resumed with a NaN learning rate: step 4's update poisons every parameter, so step 5's
-  # loss is NaN, seen at the next log (step 6, log_every 2), before the next checkpoint.
-  poisoned = tiny_config(tiny_data_dir, eval_every=0, **{'optimizer.learning_rate': float('nan')})
+  # Step 4's loss is finite (computed before its update), step 5's is NaN, seen at the
+  # next log (step 6, log_every 2), before the next checkpoint.
+  _poison_after_step_3(monkeypatch)
   with pytest.raises(FloatingPointError,
                      match=r'(?s)non-finite training metrics at step 6.*last good one in .*intact'):
-    train.train_and_evaluate(poisoned, workdir)
+    train.train_and_evaluate(config, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
   step, params = _restore(config, workdir)
   assert step == 3
   jax.tree.map(np.testing.assert_array_equal, params, good)
+
+
+def test_nan_parameters_never_reach_the_best_checkpoint(tiny_data_dir, tmp_path, three_steps,
+                                                       monkeypatch):
+  """An evaluation at step 4 would save best/: step 4's metrics are finite (its loss
+  comes before its update), but its update made the parameters NaN. The state is checked
+  before any evaluation and save."""
+  config, source = three_steps
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(source, workdir)
+  config = config.copy_and_resolve_references()
+  config.eval_every = 4
+  _poison_after_step_3(monkeypatch)
+  with pytest.raises(FloatingPointError, match=r'non-finite parameters .*after step 4'):
+    train.train_and_evaluate(config, workdir)
+  assert not os.listdir(os.path.join(workdir, 'best'))
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
 
 
 def test_checkpoint_saved_on_8_devices_restores_on_1(three_steps):
@@ -208,7 +233,7 @@ def test_checkpoint_saved_on_8_devices_restores_on_1(three_steps):
   assert np.isfinite(float(metrics['loss']))
 
 
-_SIGTERM_RUN = ['--config=configs/synthetic_gap.py:tiny', '--config.total_steps=300',
+_SIGTERM_RUN = ['--config=configs/synthetic_gap.py:tiny', '--config.total_steps=60',
                 '--config.checkpoint_every=1000', '--config.eval_every=0',
                 '--config.log_every=1', '--config.eval.num_pictures=0']
 
@@ -237,20 +262,20 @@ def test_sigterm_mid_run_saves_and_the_resumed_run_matches_an_uninterrupted_one(
   assert proc.returncode == 0, stderr[-3000:]
   assert 'SIGTERM: saved a checkpoint at step' in stderr
   stopped_at = int(os.listdir(os.path.join(workdir, 'checkpoints'))[0])
-  assert 5 <= stopped_at < 300
+  assert 5 <= stopped_at < 60
   assert not os.path.exists(os.path.join(workdir, 'eval.json'))  # it did not go on
 
   resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resumed from step {stopped_at}' in resumed.stderr
 
-  config = tiny_config(tiny_data_dir, total_steps=300, checkpoint_every=1000, eval_every=0,
+  config = tiny_config(tiny_data_dir, total_steps=60, checkpoint_every=1000, eval_every=0,
                        log_every=1)
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(config, straight)
   step_a, params_a = _restore(config, straight)
   step_b, params_b = _restore(config, workdir)
-  assert step_a == step_b == 300
+  assert step_a == step_b == 60
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
@@ -339,3 +364,28 @@ def test_distributed_is_requested_by_config_or_launcher():
   assert not sharding.distributed_requested(False, {'SLURM_NTASKS': '1'})
   assert sharding.distributed_requested(False, {'TPU_WORKER_HOSTNAMES': 'h0,h1,h2,h3'})
   assert not sharding.distributed_requested(False, {'TPU_WORKER_HOSTNAMES': 'localhost'})
+
+
+def test_resuming_with_another_batch_size_is_refused_naming_it(tiny_data_dir, tmp_path,
+                                                              three_steps):
+  config, source = three_steps
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(source, workdir)
+  changed = config.copy_and_resolve_references()
+  changed.batch_size = 32
+  with pytest.raises(ValueError, match=r'(?s)checkpoints/3 was written by a run with other '
+                                       r'settings.*batch_size: 16 in the checkpoint, 32 now'):
+    train.train_and_evaluate(changed, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused(tiny_data_dir, tmp_path):
+  workdir = str(tmp_path / 'w')
+  with workdir_lock.WorkdirLock(workdir):  # as a live run holds it
+    with pytest.raises(workdir_lock.WorkdirLockedError,
+                       match=rf'(?s)run.lock is held by another run.*pid {os.getpid()}'):
+      train.train_and_evaluate(tiny_config(tiny_data_dir), workdir)
+    assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+  assert train.train_and_evaluate(tiny_config(tiny_data_dir, eval_every=0), workdir,
+                                  stop_after=1) is None
+  assert not os.path.exists(os.path.join(workdir, 'run.lock'))  # released at the end

@@ -9,7 +9,7 @@ grid, through the same window (nearest neighbour, as wsolevaluation resizes mask
 
 Every transform here is "crop a window of the original image, resize it to S×S"; the
 windows and the maps between the two pixel grids are `cam_jax.windows`, so that
-predictions are scored on the original image whatever the network saw (DESIGN.md §5).
+predictions are scored on the original image whatever the network saw.
 """
 
 from __future__ import annotations
@@ -198,20 +198,30 @@ def _to_iter(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.
   return iter(it)
 
 
-def train_batches(source, *, image_size: int, process_batch_size: int, seed: int,
-                  crop: str = 'random_resized', flip: bool = True, num_threads: int = 4,
-                  num_workers: int = 0) -> grain.DatasetIterator:
-  """Endless shuffled batches; batch k is a pure function of (seed, k).
+def train_batches(source, *, image_size: int, global_batch_size: int, seed: int,
+                  start_step: int = 0, crop: str = 'random_resized', flip: bool = True,
+                  num_threads: int = 4, num_workers: int = 0) -> grain.DatasetIterator:
+  """This process's rows of the global batches `start_step + 1, start_step + 2, ...`.
 
-  The iterator's `get_state()` / `set_state()` (saved in every checkpoint) resume it
-  exactly where it was, which is what makes a resumed run end with the same parameters.
+  The global stream is one shuffled, augmented order of the whole split (reshuffled each
+  epoch), cut into global batches; process p of P reads only its rows (the p-th of P
+  equal blocks of each global batch, the rows its devices hold). Global batch k is
+  therefore a pure function of (seed, k, global batch size): the same for any number of
+  processes, and a resumed run (`start_step`) reads the batches an uninterrupted one
+  would have read, whatever the number of processes, devices or workers it resumes on.
   """
-  ds = (_process_shard(grain.MapDataset.source(source))
+  count, index = jax.process_count(), jax.process_index()
+  if global_batch_size % count:
+    raise ValueError(f'config.batch_size={global_batch_size} must be a multiple of the '
+                     f'number of processes ({count})')
+  ds = (grain.MapDataset.source(source)
         .map_with_index(lambda i, ex: (i, ex))
         .shuffle(seed=seed)
         .repeat(None)  # Reseeded each epoch: every epoch has its own order.
         .random_map(TrainPreprocess(image_size, crop, flip), seed=seed + 1)
-        .batch(process_batch_size, drop_remainder=True))
+        # Block j of the stream; global batch k is blocks kP .. kP + P - 1, in process order.
+        .batch(global_batch_size // count, drop_remainder=True))
+  ds = ds.slice(slice(start_step * count + index, None, count))
   return _to_iter(ds, num_threads, num_workers)
 
 
@@ -220,7 +230,8 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
                  resize_shorter: int | None = None, with_masks: bool = False,
                  num_threads: int = 4,
                  num_workers: int = 0) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-  """`(batch, num_valid)` over (the first `num_examples` of) a split, in order.
+  """`(batch, num_valid)` over (the first `num_examples` of) a split, in order; `close()`
+  it when stopping early.
 
   Short batches are padded to full size by repeating their first example, so that every
   batch has one shape (one compilation); `num_valid` says how many rows are real. Every
@@ -248,14 +259,19 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
   if with_masks:
     template['mask'] = np.zeros((process_batch_size, image_size, image_size), bool)
     template['ignore'] = np.zeros((process_batch_size, image_size, image_size), bool)
-  for _ in range(num_batches):
-    batch = next(batches, None)
-    if batch is None:
-      yield template, 0
-      continue
-    n = len(batch['label'])
-    if n < process_batch_size:
-      batch = {k: np.concatenate([v, np.repeat(v[:1], process_batch_size - n, axis=0)])
-               for k, v in batch.items()}
-    template = batch
-    yield batch, n
+  try:
+    for _ in range(num_batches):
+      batch = next(batches, None)
+      if batch is None:
+        yield template, 0
+        continue
+      n = len(batch['label'])
+      if n < process_batch_size:
+        batch = {k: np.concatenate([v, np.repeat(v[:1], process_batch_size - n, axis=0)])
+                 for k, v in batch.items()}
+      template = batch
+      yield batch, n
+  finally:
+    # Also when the caller stops early (`close()` of this generator, or an error): the
+    # reader threads and worker processes stop now, not at garbage collection.
+    batches.close()

@@ -18,27 +18,26 @@ def _source(data_dir, split):
   return data.load_source(config, split)[0]
 
 
-def test_train_iterator_state_resumes_the_same_batches(tiny_data_dir):
+def test_train_batches_from_a_step_are_the_batches_of_an_uninterrupted_stream(tiny_data_dir):
   source = _source(tiny_data_dir, 'train')
-  kwargs = dict(image_size=32, process_batch_size=8, seed=3, crop='random_resized')
+  kwargs = dict(image_size=32, global_batch_size=8, seed=3, crop='random_resized')
   straight = pipeline.train_batches(source, **kwargs)
-  first = [next(straight) for _ in range(35)]
-  state = straight.get_state()
-  rest = [next(straight) for _ in range(5)]  # 40 * 8 = 320 > 256: crosses an epoch
-  resumed = pipeline.train_batches(source, **kwargs)
-  resumed.set_state(state)
-  for want in rest:
+  first = [next(straight) for _ in range(40)]  # 40 * 8 = 320 > 256: crosses an epoch
+  # A resumed run starts at its step: batch k is a pure function of (seed, k).
+  resumed = pipeline.train_batches(source, start_step=35, **kwargs)
+  for want in first[35:]:
     got = next(resumed)
     np.testing.assert_array_equal(got['image'], want['image'])
     np.testing.assert_array_equal(got['label'], want['label'])
-  # Batch k is a pure function of (seed, k): a fresh iterator repeats the first ones.
   again = pipeline.train_batches(source, **kwargs)
   np.testing.assert_array_equal(next(again)['image'], first[0]['image'])
   assert first[0]['image'].shape == (8, 32, 32, 3) and first[0]['image'].dtype == np.float32
-  # Each epoch has its own order.
+  # Each epoch has its own order, and shows every image once.
   epoch0 = np.concatenate([b['label'] for b in first[:32]])
-  epoch1 = np.concatenate([b['label'] for b in first[32:] + rest])
+  epoch1 = np.concatenate([b['label'] for b in first[32:]])
   assert not np.array_equal(epoch0[:64], epoch1)
+  seen = {pipeline.denormalize(im).tobytes() for b in first[:32] for im in b['image']}
+  assert len(seen) > 200  # random crops of 256 distinct images
 
 
 def test_eval_batches_pad_and_keep_ground_truth(tiny_data_dir):
@@ -161,7 +160,7 @@ def _as_process(monkeypatch, index, count):
 def test_processes_read_disjoint_shares_and_the_same_number_of_eval_batches(
     tiny_data_dir, monkeypatch):
   source = _source(tiny_data_dir, 'test')  # 64 images
-  eval_shares, train_shares = [], []
+  eval_shares = []
   for index in range(3):
     _as_process(monkeypatch, index, 3)
     got = list(pipeline.eval_batches(source, image_size=32, process_batch_size=8, max_boxes=4,
@@ -169,37 +168,52 @@ def test_processes_read_disjoint_shares_and_the_same_number_of_eval_batches(
     eval_shares.append(np.concatenate([b['index'][:n] for b, n in got]))
     # 50 images over 3 processes: shares of 17, 17, 16 -> 3 batches of 8 each.
     assert len(got) == 3
-    # One training epoch of this process: 64 images -> shares of 22, 21, 21.
-    train = pipeline.train_batches(source, image_size=32, process_batch_size=1, seed=0,
-                                   crop='resize', flip=False)
-    share = len(range(index, 64, 3))
-    train_shares.append({pipeline.denormalize(next(train)['image'][0]).tobytes()
-                         for _ in range(share)})
-    assert len(train_shares[-1]) == share  # an epoch shows each image of the share once
   np.testing.assert_array_equal(np.sort(np.concatenate(eval_shares)), np.arange(50))
   for index, share in enumerate(eval_shares):
     np.testing.assert_array_equal(share, np.arange(index, 50, 3))  # a stride per process
-  everything = {images.decode_image(source[i]['image'], '').tobytes() for i in range(64)}
-  assert set.union(*train_shares) == everything
-  assert sum(len(t) for t in train_shares) == 64  # disjoint
+
+
+def test_processes_read_their_rows_of_the_same_global_batches(tiny_data_dir, monkeypatch):
+  """Global batch k is the same for any number of processes: process p of P reads the
+  p-th block of its rows, the rows its devices hold; a resume starts at the step in any
+  number of processes."""
+  source = _source(tiny_data_dir, 'train')
+  kwargs = dict(image_size=32, global_batch_size=12, seed=1, crop='random_resized')
+  _as_process(monkeypatch, 0, 1)
+  one = pipeline.train_batches(source, **kwargs)
+  want = [next(one) for _ in range(25)]  # 300 images: crosses an epoch
+  for count in (2, 3):
+    for start in (0, 21):
+      parts = []
+      for index in range(count):
+        _as_process(monkeypatch, index, count)
+        it = pipeline.train_batches(source, start_step=start, **kwargs)
+        parts.append([next(it) for _ in range(25 - start)])
+      for k in range(start, 25):
+        for key in ('image', 'label'):
+          np.testing.assert_array_equal(
+              np.concatenate([p[k - start][key] for p in parts]), want[k][key])
+  _as_process(monkeypatch, 0, 5)
+  with pytest.raises(ValueError, match=r'batch_size=12 must be a multiple of the number of '
+                                       r'processes \(5\)'):
+    pipeline.train_batches(source, **kwargs)
 
 
 def test_worker_processes_give_the_same_batches_and_resume(tiny_data_dir):
   source = _source(tiny_data_dir, 'train')
-  kwargs = dict(image_size=32, process_batch_size=8, seed=5)
+  kwargs = dict(image_size=32, global_batch_size=8, seed=5)
   in_process = pipeline.train_batches(source, **kwargs)
   want = [next(in_process) for _ in range(6)]
   workers = pipeline.train_batches(source, num_workers=2, **kwargs)
   try:
     for k in range(3):
       np.testing.assert_array_equal(next(workers)['image'], want[k]['image'])
-    state = workers.get_state()
   finally:
     workers.close()
-  resumed = pipeline.train_batches(source, num_workers=2, **kwargs)
+  resumed = pipeline.train_batches(source, num_workers=2, start_step=3, **kwargs)
   try:
-    resumed.set_state(state)
     for k in range(3, 6):
       np.testing.assert_array_equal(next(resumed)['image'], want[k]['image'])
   finally:
     resumed.close()
+
