@@ -16,12 +16,14 @@ the output folder (default DIR/localize/):
 
 `<name>` is the file's stem, with `-2`, `-3`, ... added when stems collide. Boxes are the
 paper's (`eval.cam_threshold` of each map's max, largest component), `(x0, y0, x1, y1)`
-with inclusive integer corners in the ORIGINAL image's pixel grid (DESIGN.md §5),
+with inclusive integer corners in the ORIGINAL image's pixel grid,
 whatever the network saw. Pictures of images longer than `viz.max_side` are shrunk,
 those shorter than `PICTURE_MIN_SIDE` upscaled by an integer factor.
 
-Files that cannot be used (not an image, truncated, unreadable, not a regular file) are
-skipped with a warning naming each; `main` then exits with status `EXIT_SKIPPED` (3).
+Images are turned upright as their EXIF Orientation tag says (a phone's photo, as a
+viewer shows it); boxes are in that upright grid. Files that cannot be used (not an
+image, truncated, unreadable, not a regular file) are skipped with a warning naming
+each; `main` then exits with status `EXIT_SKIPPED` (3).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from cam_jax import box_stage
 from cam_jax import checkpoints
 from cam_jax import data as data_lib
 from cam_jax import evaluate as evaluate_lib
+from cam_jax import io_utils
 from cam_jax import models
 from cam_jax import sharding
 from cam_jax import train
@@ -61,11 +64,13 @@ PICTURE_MIN_SIDE = 192
 
 @dataclasses.dataclass
 class Summary:
-  """What `localize` did: images written, and `(path, why)` of each file skipped."""
+  """What `localize` did: images written (by every process), and `(path, why)` of each
+  file skipped (all of them in process 0, its own elsewhere; `num_skipped` counts all)."""
   output_dir: str
   checkpoint: str
   written: int
   skipped: list[tuple[str, str]]
+  num_skipped: int = 0
 
 
 @dataclasses.dataclass
@@ -134,7 +139,7 @@ def _read(path: str, name: str, preprocess: pipeline.EvalPreprocess, max_side: i
       encoded = f.read()
   except OSError as e:
     raise images_lib.BadImageError(f'{path}: unreadable ({e.strerror or e})') from e
-  image_HW3 = images_lib.decode_image(encoded, path)
+  image_HW3 = images_lib.decode_image(encoded, path, exif_orientation=True)
   orig_hw = image_HW3.shape[:2]
   window_4 = preprocess.window(orig_hw)
   input_SS3 = pipeline.normalize(pipeline.crop_resize(image_HW3, window_4, preprocess.image_size))
@@ -254,17 +259,27 @@ def _write_image(image: _Image, logits_C: np.ndarray, classes_k: np.ndarray,
 # ---------------------------------------------------------------------------
 
 def _predict_batches(predict: Callable, state: Any, mesh: jax.sharding.Mesh,
-                     batches: Iterator[list[_Image]], batch_size: int
+                     batches: Iterator[list[_Image]], batch_size: int, image_size: int
                      ) -> Iterator[tuple[list[_Image], dict[str, np.ndarray]]]:
   """`(images, host outputs)` per batch; a short last batch is padded by repeating its
   last image (one compiled shape), the padding's outputs dropped.
 
   The next batch is dispatched before the previous one's outputs are fetched, so that
-  the device works while the host decodes and draws.
+  the device works while the host decodes and draws. With several processes every
+  process makes the same (collective) calls: one whose files are done feeds blank
+  batches until every process is done.
   """
+  blank = np.zeros((image_size, image_size, 3), np.float32)
   pending = None
-  for batch in batches:
-    inputs = [im.input_SS3 for im in batch]
+  while True:
+    batch = next(batches, None)
+    if jax.process_count() > 1:
+      if not sharding.sum_across_processes({'left': int(batch is not None)})['left']:
+        break
+    elif batch is None:
+      break
+    batch = batch or []
+    inputs = [im.input_SS3 for im in batch] or [blank]
     inputs += [inputs[-1]] * (batch_size - len(inputs))
     for im in batch:
       im.input_SS3 = None  # in the device batch now
@@ -278,6 +293,30 @@ def _predict_batches(predict: Callable, state: Any, mesh: jax.sharding.Mesh,
     yield pending[0], sharding.to_host(pending[1], mesh)
 
 
+def _part_path(output_dir: str, index: int, count: int) -> str:
+  return os.path.join(output_dir, f'.{PREDICTIONS}.part-{index}-of-{count}.tmp')
+
+
+def _merge_parts(output_dir: str, count: int) -> list[tuple[str, str]]:
+  """Process 0: every process's part, in file order, into predictions.jsonl (atomic);
+  the parts are removed. Returns every `(path, why)` skipped."""
+  entries = []
+  for index in range(count):
+    part = _part_path(output_dir, index, count)
+    if not os.path.exists(part):
+      raise FileNotFoundError(f'{part} (the predictions of process {index}) is missing: '
+                              '--output_dir must be a folder every process sees')
+    with open(part, encoding='utf-8') as f:
+      entries += [json.loads(line) for line in f]
+  entries.sort(key=lambda e: e['position'])
+  io_utils.atomic_write_text(
+      os.path.join(output_dir, PREDICTIONS),
+      ''.join(json.dumps(e['record']) + '\n' for e in entries if 'record' in e))
+  for index in range(count):
+    os.remove(_part_path(output_dir, index, count))
+  return [(e['skipped'], e['why']) for e in entries if 'skipped' in e]
+
+
 def localize(config: ml_collections.ConfigDict, workdir: str, images: str, *,
              checkpoint: str | None = None, output_dir: str | None = None) -> Summary:
   """Localizes the top-k classes of every image `images` names (module docstring).
@@ -286,12 +325,14 @@ def localize(config: ml_collections.ConfigDict, workdir: str, images: str, *,
   the latest in `workdir`/checkpoints). `output_dir` default: `workdir`/localize.
   Raises FileNotFoundError if `images` names no file or there is no checkpoint; bad
   files are skipped and listed in the summary.
+
+  With several processes (a multi-host run), each process reads and draws every P-th
+  file, the devices of all of them compute together, and process 0 writes
+  predictions.jsonl; `images` and `output_dir` must be paths every process sees.
   """
+  sharding.maybe_initialize_distributed(config.get('distributed', False))
   paths = list_images(images)
   names = output_names(paths)
-  if jax.process_count() > 1:
-    raise ValueError('--mode=localize runs in one process; every process would read the '
-                     'same files')
   if checkpoint is None:
     checkpoint = os.path.join(workdir, 'checkpoints')
     if not os.path.isdir(checkpoint):
@@ -313,37 +354,50 @@ def localize(config: ml_collections.ConfigDict, workdir: str, images: str, *,
                                        resize_shorter=config.data.eval_resize_shorter)
   output_dir = os.path.abspath(output_dir or os.path.join(workdir, 'localize'))
   os.makedirs(output_dir, exist_ok=True)
-  logging.info('Localizing %d files with %s (%d classes, top %d, %s) into %s', len(paths),
-               where, len(labels), top_k, method, output_dir)
+  count, index = jax.process_count(), jax.process_index()
+  positions = list(range(index, len(paths), count))  # this process's files
+  logging.info('Localizing %d files (%d in this process) with %s (%d classes, top %d, %s) '
+               'into %s', len(paths), len(positions), where, len(labels), top_k, method,
+               output_dir)
 
   skipped: list[tuple[str, str]] = []
   written = 0
-  # Lines go to a temporary file as they come, renamed at the end: a reader never sees a
-  # half-written predictions.jsonl, and no batch's records wait in memory.
-  final = os.path.join(output_dir, PREDICTIONS)
-  tmp = os.path.join(output_dir, f'.{PREDICTIONS}.{os.getpid()}.tmp')
+  position_of = {paths[i]: i for i in positions}
+  # Lines go to a part file as they come (no batch's records wait in memory); process 0
+  # merges the parts into predictions.jsonl at the end, atomically: a reader never sees
+  # a half-written one.
+  part = _part_path(output_dir, index, count)
   try:
-    with open(tmp, 'w', encoding='utf-8') as f:
-      batches = _batches(paths, names, preprocess, config.viz.max_side, batch_size, skipped)
-      for batch, out in _predict_batches(predict, state, mesh, batches, batch_size):
+    with open(part, 'w', encoding='utf-8') as f:
+      batches = _batches([paths[i] for i in positions], [names[i] for i in positions],
+                         preprocess, config.viz.max_side, batch_size, skipped)
+      for batch, out in _predict_batches(predict, state, mesh, batches, batch_size,
+                                         config.data.image_size):
         for i, image in enumerate(batch):
           record = _write_image(image, out['logits_BC'][i], out['classes_Bk'][i],
                                 out['maps_BThw'][i, :top_k], labels, config, output_dir)
-          f.write(json.dumps(record) + '\n')
+          f.write(json.dumps({'position': position_of[image.path], 'record': record}) + '\n')
         written += len(batch)
         f.flush()
         logging.info('%d/%d files: %d localized, %d skipped', written + len(skipped),
-                     len(paths), written, len(skipped))
+                     len(positions), written, len(skipped))
+      for path, why in skipped:
+        f.write(json.dumps({'position': position_of[path], 'skipped': path, 'why': why}) + '\n')
+      f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, final)
+    # A collective: once every process is here, every part is complete.
+    totals = sharding.sum_across_processes({'written': written, 'skipped': len(skipped)})
+    if index == 0:
+      skipped = _merge_parts(output_dir, count)
   except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+    if os.path.exists(part):
+      os.unlink(part)
     raise
 
-  logging.info('Localized %d of %d files: pictures and %s in %s', written, len(paths),
-               PREDICTIONS, output_dir)
+  logging.info('Localized %d of %d files: pictures and %s in %s', totals['written'],
+               len(paths), PREDICTIONS, output_dir)
   if skipped:
     logging.warning('Skipped %d bad file(s): %s', len(skipped),
                     ', '.join(path for path, _ in skipped))
-  return Summary(output_dir=output_dir, checkpoint=where, written=written, skipped=skipped)
+  return Summary(output_dir=output_dir, checkpoint=where, written=totals['written'],
+                 skipped=skipped, num_skipped=totals['skipped'])

@@ -60,9 +60,9 @@ def main(argv):
       raise app.UsageError('--mode=localize needs --images=FILE_FOLDER_OR_GLOB')
     summary = localize.localize(config, _WORKDIR.value, _IMAGES.value,
                                 checkpoint=_CHECKPOINT.value, output_dir=_OUTPUT_DIR.value)
-    if summary.skipped:
+    if summary.num_skipped:
       logging.error('%d file(s) skipped (named in the warnings above); exit status %d',
-                    len(summary.skipped), localize.EXIT_SKIPPED)
+                    summary.num_skipped, localize.EXIT_SKIPPED)
       raise SystemExit(localize.EXIT_SKIPPED)
 
 

@@ -147,6 +147,24 @@ def test_box_is_in_the_original_grid_and_overlay_red_where_the_cam_is_hot(workdi
   assert figure.shape == (14 + 96, 5 * 192 + 4 * 2, 3)
 
 
+def test_exif_orientation_is_honoured(workdir, tmp_path):
+  """A phone stores a portrait photo's pixels sideways with an EXIF Orientation tag; the
+  image is localized as a viewer shows it: the wide image of the test above, stored
+  rotated by 90° with orientation 6 ("rotate 90° clockwise to view"), gives that test's
+  size and box."""
+  stored = _square_image().transpose(Image.Transpose.ROTATE_90)  # 48 wide, 96 high
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Orientation
+  path = str(tmp_path / 'phone.png')
+  stored.save(path, exif=exif)
+  assert Image.open(path).size == (48, 96)
+  out = str(tmp_path / 'out')
+  localize.localize(_config(), workdir, path, output_dir=out)
+  (record,) = _records(out)
+  assert (record['height'], record['width']) == (48, 96)
+  assert record['top_k'][0]['box'] == [22, 11, 49, 36]
+
+
 def test_bad_files_are_named_and_main_exits_3(workdir, tmp_path):
   folder = tmp_path / 'images'
   folder.mkdir()

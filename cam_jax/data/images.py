@@ -5,7 +5,7 @@ file, an odd colour mode or a box outside its image gets the same treatment ever
 a clear error naming the file, never a silent wrong answer.
 
 Boxes are `(x0, y0, x1, y1)`: inclusive integer pixel corners in the original image, x
-the column (DESIGN.md §5).
+the column.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 class BadImageError(ValueError):
@@ -90,9 +90,20 @@ def to_rgb(image: Image.Image, name: str) -> np.ndarray:
     raise BadImageError(f'{name}: cannot decode image ({e})') from e
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-  """H×W×3 uint8 pixels of an encoded image; a BadImageError names the file."""
-  return to_rgb(open_image(data, name), name)
+def decode_image(data: bytes, name: str, *, exif_orientation: bool = False) -> np.ndarray:
+  """H×W×3 uint8 pixels of an encoded image; a BadImageError names the file.
+
+  `exif_orientation`: turn the pixels upright as the EXIF Orientation tag says (a phone's
+  photo, as a viewer shows it). Off for datasets: their boxes are drawn on the stored
+  pixels.
+  """
+  image = open_image(data, name)
+  if exif_orientation:
+    try:
+      image = ImageOps.exif_transpose(image)
+    except Exception as e:  # a damaged EXIF block, or pixels that fail to load
+      raise BadImageError(f'{name}: cannot apply its EXIF orientation ({e})') from e
+  return to_rgb(image, name)
 
 
 def decode_mask(data: bytes, name: str) -> np.ndarray:
