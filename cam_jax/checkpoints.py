@@ -14,21 +14,30 @@ orbax writes each save to a temporary folder and renames it when complete, so a 
 never leaves a checkpoint that a later run would trust. Arrays are saved replicated and
 restored onto whatever mesh the restoring run has: a checkpoint written on 8 devices
 restores on 1, and the other way round.
+
+A checkpoint whose files cannot be read (truncated, deleted, corrupted) raises
+DamagedCheckpointError naming its folder; a resume skips it for the newest one that
+restores, and renames it `<step>.damaged`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from flax import nnx
+
+from cam_jax import sharding
 
 TrainState = Any  # nnx.State of (model, optimizer)
 _COMPATIBLE_KEYS = ('model', 'model_kwargs', 'num_classes', 'dataset')
@@ -126,7 +135,15 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  """The checkpoint's `meta`; DamagedCheckpointError if it cannot be read."""
+  where = os.path.join(str(manager.directory), str(step))
+  with _restore_event_loops():
+    try:
+      return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      if not os.path.isdir(where):
+        raise FileNotFoundError(f'No checkpoint of step {step} in {manager.directory}') from e
+      raise DamagedCheckpointError(where, _reason(e)) from None
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainState,
@@ -140,25 +157,78 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
   checkpoint belongs to another model or dataset, or if the run settings in
   `expected_meta['resume']` changed in a way an exact resume cannot follow
   (`check_resume`).
+
+  Without `step`, damaged checkpoints are skipped, newest first, each named in a warning;
+  once an older one restores, the damaged ones are renamed `<step>.damaged` (orbax then
+  no longer lists them, and this run can save those steps again). If none restores,
+  DamagedCheckpointError names them all and nothing is renamed. With `step`: that
+  checkpoint, or an error.
   """
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    return None
+  if step is not None:
+    return step, _restore_step(manager, abstract_state, expected_meta, step)
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = _restore_step(manager, abstract_state, expected_meta, step)
+    except DamagedCheckpointError as e:
+      logging.warning('Skipping the damaged checkpoint %s (%s); trying the previous one.',
+                      e.directory, e.reason)
+      damaged.append(e)
+      continue
+    if damaged:
+      for e in damaged:
+        logging.warning('Resuming from step %d: moved the damaged %s to %s', step,
+                        e.directory, _move_aside(e.directory))
+      manager.reload()
+    return step, state
+  if damaged:
+    steps = '; '.join(f'{os.path.basename(e.directory)} ({e.reason})' for e in damaged)
+    raise DamagedCheckpointError(
+        str(manager.directory), damaged[0].reason,
+        f'no checkpoint in {manager.directory} can be read: {steps}. Move the damaged step '
+        'folders aside to start afresh, or use another --workdir.')
+  return None
+
+
+def _restore_step(manager: ocp.CheckpointManager, abstract_state: TrainState,
+                  expected_meta: dict[str, Any], step: int) -> TrainState:
   meta = read_meta(manager, step)
   where = _check_meta(manager, step, expected_meta, meta)
   check_resume(meta, expected_meta['resume'], where)
   items = {'state': ocp.args.StandardRestore(abstract_state)}
-  return step, _restore(manager, step, where, items)['state']
+  return _restore(manager, step, where, items)['state']
+
+
+def _move_aside(where: str) -> str:
+  """Renames a damaged step folder to `<step>.damaged` (`.damaged-2`, ... if taken), a
+  name orbax does not list, kept for inspection. Process 0 renames; all wait."""
+  aside, n = f'{where}.damaged', 1
+  while os.path.exists(aside):
+    n += 1
+    aside = f'{where}.damaged-{n}'
+  if jax.process_index() == 0:
+    os.rename(where, aside)
+  sharding.barrier(f'cam_jax: moved aside {where}')
+  return aside
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, where: str,
-             items: dict[str, Any]) -> Any:
-  """`manager.restore` of `items`; a tree that does not fit raises naming the checkpoint."""
-  try:
-    return manager.restore(step, args=ocp.args.Composite(**items))
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f'The checkpoint in {where} does not fit the model of this config '
-                     f'({type(e).__name__}: {e}). Use another --workdir.') from e
+             items: dict[str, Any], partial: bool = False) -> Any:
+  """`manager.restore` of `items` (`state` among them). Raises ValueError naming the
+  checkpoint if the tree of `state` does not fit it, DamagedCheckpointError if its files
+  cannot be read; either way with nothing left running and no asyncio noise.
+  `partial`: `state` is a part of the saved tree (the model without the optimizer)."""
+  with _restore_event_loops():  # _misfit reads through orbax too
+    try:
+      return manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      misfit = _misfit(where, items['state'].item, partial)
+      if misfit:
+        raise ValueError(f'The checkpoint in {where} does not fit the model of this config '
+                         f'({misfit}). Use another --workdir.') from e
+      # orbax wraps TensorStore's one-line cause in a 60-line spec: the cause is named,
+      # the rest stays reachable as __context__ without being printed.
+      raise DamagedCheckpointError(where, _reason(e)) from None
 
 
 def _check_meta(manager: ocp.CheckpointManager, step: int, expected_meta: dict[str, Any],
@@ -190,7 +260,119 @@ def restore_model_state(manager: ocp.CheckpointManager, abstract_model_state: An
   state = ocp.args.PyTreeRestore(
       target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True)
-  return _restore(manager, step, where, {'state': state})['state'][0]
+  return _restore(manager, step, where, {'state': state}, partial=True)['state'][0]
+
+
+# ---------------------------------------------------------------------------
+# Damaged checkpoints: telling them from other models, and orbax's event loops
+# ---------------------------------------------------------------------------
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint whose files cannot be read: truncated, deleted or corrupted.
+
+  Not raised for a checkpoint of another model (that is the ValueError "does not fit the
+  model of this config"). `directory`: the step folder (the folder of steps when none of
+  them restores); `reason`: `Type: first line` of the innermost cause.
+  """
+
+  def __init__(self, directory: str, reason: str, message: str | None = None):
+    self.directory, self.reason = str(directory), reason
+    super().__init__(message or f'checkpoint {directory} cannot be read ({reason})')
+
+
+def _reason(e: BaseException) -> str:
+  """`Type: first line` of the innermost cause of `e`: TensorStore's error names the array
+  and the file ('OUT_OF_RANGE: Error reading "0.cam_conv.conv.kernel.value/0.0.0.0" in
+  OCDBT database at local file ...'), orbax's wrapper only a slice and a spec."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+  return f'{type(e).__name__}: {text.splitlines()[0]}' if text else type(e).__name__
+
+
+def _misfit(where: str, target: Any, partial: bool) -> str | None:
+  """How `target` (a tree of ShapeDtypeStructs) differs from the arrays the checkpoint's
+  `state` records (its _METADATA), or None if it fits or that record cannot be read.
+
+  Called only after a restore failed: an intact record that differs means a checkpoint of
+  another model (a config change); an unreadable record, or one that fits, means a
+  damaged checkpoint. `partial`: the target may be part of the saved tree."""
+  try:
+    stored = ocp.StandardCheckpointHandler().metadata(epath.Path(where) / 'state')
+  except Exception:  # pylint: disable=broad-exception-caught
+    return None
+
+  def shapes(tree):
+    return {param_path(p): tuple(getattr(x, 'shape', ()))
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  have, want = shapes(stored), shapes(target)
+  other = [k for k in want if k in have and have[k] != want[k]]
+  missing = [k for k in want if k not in have]
+  extra = [] if partial else [k for k in have if k not in want]
+  parts = []
+  if other:
+    parts.append(f'{len(other)} array(s) of another shape, e.g. {other[0]!r}: checkpoint '
+                 f'{have[other[0]]}, this config {want[other[0]]}')
+  if missing:
+    parts.append(f'{len(missing)} array(s) missing from the checkpoint, e.g. {missing[0]!r}')
+  if extra:
+    parts.append(f'{len(extra)} array(s) this config does not have, e.g. {extra[0]!r}')
+  return '; '.join(parts) or None
+
+
+class _RestoreEventLoop(asyncio.SelectorEventLoop):
+  """The event loop of a restore: closed, it first cancels and awaits what is pending, and
+  a TensorStore read completing after the close is dropped.
+
+  orbax runs each restore in a fresh loop, `run_until_complete` then `close`. When one
+  read fails, `asyncio.gather` raises at once and the loop is closed with the other reads
+  in flight: TensorStore's threads then call `call_soon_threadsafe` on the closed loop
+  ("RuntimeError: Event loop is closed", one traceback per read, through
+  sys.unraisablehook), and the abandoned coroutines are finalised at interpreter exit
+  ("Exception ignored in: <coroutine object _read_array_index_and_device_put>", each with
+  a 60-line spec): hundreds of lines that buried the one error that matters. A restore
+  that succeeds leaves nothing pending: then this loop is a plain one.
+  """
+
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    try:
+      return super().call_soon_threadsafe(callback, *args, context=context)
+    except RuntimeError:
+      if self.is_closed():
+        return None  # the result of a read that a failed restore abandoned
+      raise
+
+  def call_exception_handler(self, context):
+    if self.is_closed():
+      return  # "Task exception was never retrieved" of such a read
+    super().call_exception_handler(context)
+
+  def close(self) -> None:
+    if not self.is_closed() and not self.is_running():
+      pending = asyncio.all_tasks(self)
+      for task in pending:
+        task.cancel()
+      if pending:
+        self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    super().close()
+
+
+class _RestoreEventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+
+  def new_event_loop(self) -> asyncio.AbstractEventLoop:
+    return _RestoreEventLoop()
+
+
+@contextlib.contextmanager
+def _restore_event_loops() -> Iterator[None]:
+  """Within: the event loops orbax makes (asyncio.new_event_loop) are _RestoreEventLoops."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_RestoreEventLoopPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
 
 
 # ---------------------------------------------------------------------------
@@ -211,7 +393,15 @@ class BestCheckpoint:
     self.sign = 1.0 if config.best_mode == 'max' else -1.0
     self.manager = checkpoint_manager(workdir, config, folder='best', max_to_keep=1)
     step = self.manager.latest_step()
-    self.value = None if step is None else read_meta(self.manager, step).get(self.metric)
+    self.value = None
+    if step is not None:
+      try:
+        self.value = read_meta(self.manager, step).get(self.metric)
+      except DamagedCheckpointError as e:
+        logging.warning('The best checkpoint %s cannot be read (%s); moved to %s. The next '
+                        'evaluation saves a new best.', e.directory, e.reason,
+                        _move_aside(e.directory))
+        self.manager.reload()
 
   def update(self, step: int, state: TrainState, meta: dict[str, Any],
              results: dict[str, Any]) -> bool:

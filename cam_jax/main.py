@@ -7,7 +7,7 @@ Modes: `train_and_evaluate` (default), `evaluate`, and `localize`
 (`--images=PATH_OR_GLOB [--checkpoint=PATH] [--output_dir=DIR]`: CAM pictures, boxes and
 predictions.jsonl for image files). Exit status: 0 when all went well; 3 when
 `--mode=localize` skipped some file it could not use (each named in a warning); 1 on
-errors.
+errors (a damaged checkpoint, or a workdir held by another run: the message alone).
 """
 
 import logging as py_logging
@@ -15,8 +15,10 @@ import logging as py_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cam_jax import checkpoints
 from cam_jax import localize
 from cam_jax import train
+from cam_jax import workdir_lock
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics.jsonl, eval.json '
                                'and pictures go; re-using it resumes.', required=True)
@@ -51,6 +53,15 @@ def main(argv):
   config = flags.FLAGS.config
   if config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/synthetic_gap.py')
+  try:
+    _run(config)
+  except (checkpoints.DamagedCheckpointError, workdir_lock.WorkdirLockedError) as e:
+    # What the user must act on, not a bug: the message, without a traceback.
+    logging.error('%s', e)
+    raise SystemExit(1) from None
+
+
+def _run(config) -> None:
   if _MODE.value == 'train_and_evaluate':
     train.train_and_evaluate(config, _WORKDIR.value)
   elif _MODE.value == 'evaluate':
