@@ -68,9 +68,13 @@ class Job:
     self.procs[index].send_signal(signum)
 
   def kill(self) -> None:
+    """SIGKILL to every process and its children (grain and box-stage workers, which a
+    killed parent cannot stop): each process leads a process group of its own."""
     for proc in self.procs:
-      if proc.poll() is None:
-        proc.kill()
+      try:
+        os.killpg(proc.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
     for proc in self.procs:
       proc.wait()
 
@@ -124,7 +128,8 @@ def launch(args: list[str], *, num_processes: int, devices_per_process: int, log
     path = os.path.join(log_dir, f'process_{index}.log')
     with open(path, 'w') as log:
       procs.append(subprocess.Popen([sys.executable, '-m', module, *args], cwd=REPO, env=env,
-                                    stdout=log, stderr=subprocess.STDOUT))
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True))
     log_paths.append(path)
   return Job(procs, log_paths)
 
