@@ -42,7 +42,10 @@ def test_small_variant_runs_through_main(name, tiny_data_dir, tmp_path):
   workdir = str(tmp_path / name)
   cmd = [sys.executable, '-m', 'cam_jax.main', f'--config=configs/{name}.py:{_variant(name)}',
          f'--workdir={workdir}', f'--config.data.data_dir={tiny_data_dir}',
-         '--config.data.builder_config=tiny', '--config.data.prepare=False']
+         '--config.data.builder_config=tiny', '--config.data.prepare=False',
+         # The figures' backprop graph of each network would double the compilation;
+         # test_main and test_figures run them.
+         '--config.figures.enabled=False']
   # One device: compiling these graphs for 8 fake devices takes twice as long, and
   # tests/test_main.py already runs the entry point on 8.
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
