@@ -125,6 +125,12 @@ def test_two_processes_train_as_one_with_the_same_global_batch(data_dir, two_pro
   initial = jax.tree.map(np.asarray, train.create_train_state(config, 4)[1])
   kernel = lambda state: state[0]['head']['kernel']  # pylint: disable=unnecessary-lambda-assignment
   assert np.abs(kernel(state_1) - kernel(initial)).max() > 1e-2
+  # The same evaluation, to rounding: every count but a pixel or two of PxAP's bins,
+  # where a map value moved by 1e-7 crosses a threshold.
+  got, want = _eval_json(two), _eval_json(one_process)
+  assert got.keys() == want.keys()
+  for key, value in want.items():
+    assert got[key] == (pytest.approx(value, abs=1e-5) if isinstance(value, float) else value)
   # best/ was chosen on the validation split in both.
   for workdir in (two, one_process):
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
