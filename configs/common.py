@@ -144,7 +144,8 @@ def set_ilsvrc_finetuning(config: ml_collections.ConfigDict, image_size: int = 2
 
   In epochs of the 1,281,167 training images: 160k × 64 = 8.0 epochs, decay every 2.0
   (`--config.num_epochs=8 --config.optimizer.decay_every_epochs=2` says the same at any
-  batch size).
+  batch size). The best checkpoint (workdir/best/) is chosen on 10,000 training images
+  held out from training; the result is reported on the validation split.
   """
   config.data.name = 'ilsvrc2012_loc'  # Prepared from the manual files: README.
   config.data.eval_split = 'validation'

@@ -3,16 +3,9 @@ official CAM_conv 3×3/1024 group 2, global max pooling and CAM_fc).
 
   python -m cam_jax.main --config=configs/googlenet_gmp.py --workdir=runs/googlenet_gmp
 
-Trains on ILSVRC-2012 (`ilsvrc2012_loc`), prepared once from your downloaded files (README,
-"Preparing ILSVRC and CUB"):
-
-  python -m cam_jax.data.prepare --dataset=ilsvrc2012_loc --manual_dir=DIR
-
-with the official fine-tuning solver (`set_ilsvrc_finetuning` in configs/common.py: SGD
-momentum 0.9, base lr 1e-3 ×0.1 every 40k iterations, 160k iterations, weight decay 5e-4,
-batch 64). The best checkpoint (workdir/best/) is chosen on 10,000 training images held
-out from training (`config.data.holdout`, `config.data.select_split='holdout'`); the
-result is reported on the validation split.
+Trains on `ilsvrc2012_loc` (prepared from your files: README, "Preparing ILSVRC and
+CUB") with the official solver, `common.set_ilsvrc_finetuning`, which says where best/ is
+chosen and the result reported.
 `--config.model.kwargs.variant=torchvision` builds torchvision's layout.
 
   python -m cam_jax.main --config=configs/googlenet_gmp.py:runlocal --workdir=runs/googlenet_local
