@@ -170,6 +170,31 @@ def test_every_metric_by_hand(monkeypatch):
   assert len(got['pictures']) == 1
 
 
+def test_threshold_calibration_counts_only_images_with_boxes():
+  """experiments/calibrate_threshold.py on the hand images of the test above: A and B's
+  label maps are blocks (their box at any threshold of the max is the block, IoU 1); C's
+  is a 2×2 block against a 6×6 truth (IoU 4/36); D has no box and counts apart."""
+  # pylint: disable=g-import-not-at-top
+  from experiments import calibrate_threshold
+  examples = [
+      {'image': _hand_image([(0, 200, (1, 1, 4, 4)), (1, 10, (0, 0, 7, 7))]), 'label': 0,
+       'boxes': np.array([[1, 1, 4, 4]]), 'file_name': 'a.png'},
+      {'image': _hand_image([(1, 100, (4, 4, 7, 7)), (0, 40, (0, 0, 7, 7))]), 'label': 1,
+       'boxes': np.array([[4, 4, 7, 7]]), 'file_name': 'b.png'},
+      {'image': _hand_image([(2, 255, (0, 0, 1, 1))]), 'label': 2,
+       'boxes': np.array([[0, 0, 5, 5]]), 'file_name': 'c.png'},
+      {'image': _hand_image([(0, 200, (2, 2, 5, 5))]), 'label': 0,
+       'boxes': np.zeros((0, 4), np.int32), 'file_name': 'd.png'},
+  ]
+  config = synthetic_gap.get_config('tiny')
+  config.data.image_size = 8
+  config.eval.batch_size = 8
+  got = calibrate_threshold.gt_known_hits(config, _ChannelGAP(), sharding.make_mesh(),
+                                          examples, None, (0.2, 0.6))
+  assert got['with_boxes'] == 3 and got['without_boxes'] == 1
+  np.testing.assert_array_equal(got['hits'], [2, 2])  # A and B at both thresholds
+
+
 def test_an_evaluation_that_fails_stops_its_input_workers(tiny_data_dir, monkeypatch):
   """The traceback keeps the evaluation's frames (and so its batch generator) alive: the
   grain worker processes must be stopped by evaluate itself, not by garbage collection."""
