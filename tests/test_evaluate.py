@@ -111,6 +111,20 @@ def _hand_image(channel_values):
   return image
 
 
+def _hand_examples():
+  """Images A, B, C (one box each) and D (no box), worked out in the next test."""
+  return [
+      {'image': _hand_image([(0, 200, (1, 1, 4, 4)), (1, 10, (0, 0, 7, 7))]), 'label': 0,
+       'boxes': np.array([[1, 1, 4, 4]]), 'file_name': 'a.png'},
+      {'image': _hand_image([(1, 100, (4, 4, 7, 7)), (0, 40, (0, 0, 7, 7))]), 'label': 1,
+       'boxes': np.array([[4, 4, 7, 7]]), 'file_name': 'b.png'},
+      {'image': _hand_image([(2, 255, (0, 0, 1, 1))]), 'label': 2,
+       'boxes': np.array([[0, 0, 5, 5]]), 'file_name': 'c.png'},
+      {'image': _hand_image([(0, 200, (2, 2, 5, 5))]), 'label': 0,
+       'boxes': np.zeros((0, 4), np.int32), 'file_name': 'd.png'},
+  ]
+
+
 def test_every_metric_by_hand(monkeypatch):
   """Three 8×8 images seen at 8×8 (boxes and maps keep their pixels), classes 0, 1, 2 =
   channels R, G, B; top_k = 2.
@@ -136,16 +150,7 @@ def test_every_metric_by_hand(monkeypatch):
     C 36/64 = 0.5625 (hit) -> 1/3; every τ in (0, 1) keeps the block: A, B hit, C 4/36
     misses -> 2/3 at τ = 0.01. V2: δ 0.3 and 0.5: 2/3 (τ > 0); δ 0.7: 2/3 -> 2/3.
   """
-  examples = [
-      {'image': _hand_image([(0, 200, (1, 1, 4, 4)), (1, 10, (0, 0, 7, 7))]), 'label': 0,
-       'boxes': np.array([[1, 1, 4, 4]]), 'file_name': 'a.png'},
-      {'image': _hand_image([(1, 100, (4, 4, 7, 7)), (0, 40, (0, 0, 7, 7))]), 'label': 1,
-       'boxes': np.array([[4, 4, 7, 7]]), 'file_name': 'b.png'},
-      {'image': _hand_image([(2, 255, (0, 0, 1, 1))]), 'label': 2,
-       'boxes': np.array([[0, 0, 5, 5]]), 'file_name': 'c.png'},
-      {'image': _hand_image([(0, 200, (2, 2, 5, 5))]), 'label': 0,
-       'boxes': np.zeros((0, 4), np.int32), 'file_name': 'd.png'},
-  ]
+  examples = _hand_examples()
   info = SourceInfo(name='hand', num_classes=3, class_names=('r', 'g', 'b'), has_masks=False)
   monkeypatch.setattr(evaluate.data_lib, 'load_source', lambda data, split: (examples, info))
   config = synthetic_gap.get_config('tiny')
@@ -176,16 +181,7 @@ def test_threshold_calibration_counts_only_images_with_boxes():
   is a 2×2 block against a 6×6 truth (IoU 4/36); D has no box and counts apart."""
   # pylint: disable=g-import-not-at-top
   from experiments import calibrate_threshold
-  examples = [
-      {'image': _hand_image([(0, 200, (1, 1, 4, 4)), (1, 10, (0, 0, 7, 7))]), 'label': 0,
-       'boxes': np.array([[1, 1, 4, 4]]), 'file_name': 'a.png'},
-      {'image': _hand_image([(1, 100, (4, 4, 7, 7)), (0, 40, (0, 0, 7, 7))]), 'label': 1,
-       'boxes': np.array([[4, 4, 7, 7]]), 'file_name': 'b.png'},
-      {'image': _hand_image([(2, 255, (0, 0, 1, 1))]), 'label': 2,
-       'boxes': np.array([[0, 0, 5, 5]]), 'file_name': 'c.png'},
-      {'image': _hand_image([(0, 200, (2, 2, 5, 5))]), 'label': 0,
-       'boxes': np.zeros((0, 4), np.int32), 'file_name': 'd.png'},
-  ]
+  examples = _hand_examples()
   config = synthetic_gap.get_config('tiny')
   config.data.image_size = 8
   config.eval.batch_size = 8
