@@ -134,9 +134,13 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: TrainState
                                              meta=ocp.args.JsonSave(meta)))
 
 
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
+
+
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The checkpoint's `meta`; DamagedCheckpointError if it cannot be read."""
-  where = os.path.join(str(manager.directory), str(step))
+  where = _step_dir(manager, step)
   with _restore_event_loops():
     try:
       return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
@@ -235,7 +239,7 @@ def _check_meta(manager: ocp.CheckpointManager, step: int, expected_meta: dict[s
                 meta: dict[str, Any] | None = None) -> str:
   """The checkpoint's folder, after checking that its `meta` (read if not given) is of the
   config's model and dataset; raises ValueError naming the differences otherwise."""
-  where = os.path.join(str(manager.directory), str(step))
+  where = _step_dir(manager, step)
   meta = read_meta(manager, step) if meta is None else meta
   expected_meta = json.loads(json.dumps(expected_meta))  # as stored: tuples become lists
   diffs = {k: (meta.get(k), expected_meta[k]) for k in _COMPATIBLE_KEYS

@@ -170,8 +170,10 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
     if stage is not None:
       stage.cancel()
 
-  counts = sharding.sum_across_processes(counts)
-  loc_state = sharding.sum_across_processes(loc_state) if localization else {}
+  # One exchange for every counter (the box stage's are named `<part>/<name>`).
+  totals = sharding.sum_across_processes({**counts, **loc_state})
+  counts = {k: totals[k] for k in counts}
+  loc_state = {k: totals[k] for k in loc_state}
   n = counts['num_images']
   if n == 0:
     raise ValueError(f'split {split!r} of {config.data.name!r} is empty')

@@ -283,7 +283,7 @@ class Preemption:
     if self._sync_point:
       return multihost_utils.reached_preemption_sync_point(step)
     if self._all_gather:
-      return bool(np.max(multihost_utils.process_allgather(np.int32(self.flag))))
+      return bool(sharding.sum_across_processes({'flag': int(self.flag)})['flag'])
     return self.flag
 
 
@@ -296,6 +296,11 @@ def _format_eta(seconds: float) -> str:
 # ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
+
+def selection_split(config: ml_collections.ConfigDict) -> str:
+  """The split the evaluations during training run on, and best/ is chosen on."""
+  return config.data.get('select_split') or config.data.eval_split
+
 
 def _all_finite(state: TrainState) -> bool:
   """Whether every float of the train state (parameters, optimizer state) is finite."""
@@ -320,7 +325,7 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   `last_step` when preempted)."""
   train_step = make_train_step(graphdef, mesh, label_smoothing=config.get('label_smoothing', 0.0))
   lr_fn = create_learning_rate_fn(config)
-  select_split = config.data.get('select_split') or config.data.eval_split
+  select_split = selection_split(config)
 
   total = config.total_steps
   logging.info('Training %s on %s: steps %d..%d of %d, global batch %d on %d devices '
@@ -360,13 +365,15 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       writer.write({'step': step, 'split': 'train', **summary,
                     'learning_rate': float(lr_fn(step - 1)), 'images_per_s': images_per_s,
                     'elapsed_s': now - t_start})
-    if (checkpoint_now or eval_now) and not _all_finite(state):
-      # The step's metrics come from before its update: a finite loss and gradient with
-      # a NaN learning rate still poison the parameters.
-      raise FloatingPointError(
-          f'non-finite parameters or optimizer state after step {step}; stopped before any '
-          f'checkpoint held them: the last good one in {manager.directory} is intact. '
-          'Check the learning rate schedule.')
+    if checkpoint_now or eval_now:
+      if not _all_finite(state):
+        # The step's metrics come from before its update: a finite loss and gradient with
+        # a NaN learning rate still poison the parameters.
+        raise FloatingPointError(
+            f'non-finite parameters or optimizer state after step {step}; stopped before any '
+            f'checkpoint held them: the last good one in {manager.directory} is intact. '
+            'Check the learning rate schedule.')
+      meta = checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names)
 
     if eval_now:
       results = evaluate_lib.evaluate(
@@ -376,15 +383,12 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       logging.info('step %d eval of %s: %s', step, select_split,
                    evaluate_lib.format_brief(results))
       writer.write({'step': step, **results})
-      meta = checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names)
       if best is not None and best.update(step, state, meta, results):
         logging.info('step %d: best %s so far (%.4f), saved in %s', step, best.metric,
                      best.value, best.manager.directory)
 
     if checkpoint_now:
-      checkpoints.save_checkpoint(
-          manager, step, state,
-          checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names))
+      checkpoints.save_checkpoint(manager, step, state, meta)
     if preempted:
       logging.warning('SIGTERM: saved a checkpoint at step %d in %s; run the same command to '
                       'resume.', step, manager.directory)
@@ -405,7 +409,7 @@ def _workdir_lock(workdir: str) -> Iterator[None]:
     except workdir_lock.WorkdirLockedError as e:
       error = e
   if jax.process_count() > 1:
-    refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+    refused = sharding.sum_across_processes({'refused': int(error is not None)})['refused']
     if refused and error is None:
       raise workdir_lock.WorkdirLockedError(
           f'process 0 could not lock {lock.path}: another run holds it (process 0 names it)')
@@ -441,10 +445,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_classes = info.num_classes
   config = resolve_schedule(config, len(train_source), mesh.devices.size)
   sharding.check_batch_size(config.batch_size, mesh)
-  select_split = config.data.get('select_split') or config.data.eval_split
-  if config.eval_every and select_split == config.data.eval_split:
+  if config.eval_every and selection_split(config) == config.data.eval_split:
     logging.warning('config.data.select_split is the reported split (%r): best/ is chosen '
-                    'on the images that report the result.', select_split)
+                    'on the images that report the result.', config.data.eval_split)
 
   # --- State, resumed if the workdir has a checkpoint -------------------------
   graphdef, abstract_state = abstract_train_state(config, num_classes, mesh)

@@ -88,6 +88,10 @@ def prepare_command(name: str, builder_config: str | None, data_dir: str | None)
   return cmd
 
 
+def _config_name(builder: tfds.core.DatasetBuilder) -> str | None:
+  return builder.builder_config.name if builder.builder_config else None
+
+
 def _prepare_locked(make_builder: Callable[[], tfds.core.DatasetBuilder],
                     manual_dir: str | None) -> None:
   """Prepares the dataset unless it already is, holding a lock file in the data dir, so
@@ -96,8 +100,8 @@ def _prepare_locked(make_builder: Callable[[], tfds.core.DatasetBuilder],
   builder = make_builder()
   root = builder.data_dir_root
   os.makedirs(root, exist_ok=True)
-  cfg = builder.builder_config.name if builder.builder_config else 'default'
-  with open(os.path.join(root, f'.{builder.name}-{cfg}.prepare.lock'), 'a') as lock:
+  lock_name = f'.{builder.name}-{_config_name(builder) or "default"}.prepare.lock'
+  with open(os.path.join(root, lock_name), 'a') as lock:
     try:
       fcntl.flock(lock, fcntl.LOCK_EX)
     except OSError as e:  # a file system without locks: preparing unlocked is all we can do
@@ -124,8 +128,8 @@ def ensure_prepared(make_builder: Callable[[], tfds.core.DatasetBuilder], name: 
   """
   builder = make_builder()
   embedded = DATASETS[name].embedded
+  cfg = _config_name(builder)
   if prepare_now and embedded:
-    cfg = builder.builder_config.name if builder.builder_config else None
     key = (name, cfg, os.fspath(builder.data_dir_root))
     if jax.process_count() > 1 and key not in _PREPARED_TOGETHER:
       if jax.process_index() == 0:
@@ -138,7 +142,6 @@ def ensure_prepared(make_builder: Callable[[], tfds.core.DatasetBuilder], name: 
       builder = make_builder()
   if builder.is_prepared():
     return builder
-  cfg = builder.builder_config.name if builder.builder_config else None
   raise FileNotFoundError(
       f'Dataset {name}/{cfg} is not prepared in {builder.data_dir_root}. Prepare it with:\n'
       f'  {prepare_command(name, cfg, builder.data_dir_root)}'
