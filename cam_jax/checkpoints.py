@@ -38,6 +38,7 @@ from etils import epath
 from flax import nnx
 
 from cam_jax import sharding
+from cam_jax.data import conventions
 
 TrainState = Any  # nnx.State of (model, optimizer)
 _COMPATIBLE_KEYS = ('model', 'model_kwargs', 'num_classes', 'dataset')
@@ -68,18 +69,29 @@ def resume_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   processes, as JSON would store them (tuples become lists)."""
   settings = {field: _config_value(config, field) for field in RESUME_FIELDS}
   settings['process_count'] = jax.process_count()
+  # The pixels the network is fed (a resume must not switch to another normalisation).
+  settings['input'] = conventions.from_config(config.data).to_meta()
   return json.loads(json.dumps(settings))
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, num_classes: int, step: int,
                     class_names: tuple[str, ...] = ()) -> dict[str, Any]:
   """What a checkpoint must agree on with the config that restores it, what a resume
-  needs unchanged (`resume`), and the class names, so that a checkpoint alone can name
-  its predictions (--mode=localize)."""
+  needs unchanged (`resume`), the class names, so that a checkpoint alone can name its
+  predictions (--mode=localize), and the input convention its network was trained with
+  (`input`, cam_jax.data.conventions), which every entry point preprocesses by."""
   return {'step': step, 'model': config.model.name,
           'model_kwargs': config.model.get('kwargs', ml_collections.ConfigDict()).to_dict(),
           'num_classes': num_classes, 'dataset': config.data.name,
-          'class_names': list(class_names), 'resume': resume_settings(config)}
+          'class_names': list(class_names),
+          'input': conventions.from_config(config.data).to_meta(),
+          'resume': resume_settings(config)}
+
+
+def input_convention(meta: dict[str, Any]) -> conventions.InputConvention | None:
+  """The convention a checkpoint's meta records; None for checkpoints written before
+  checkpoints recorded it (they were all trained with the default, 'imagenet')."""
+  return conventions.from_meta(meta['input']) if meta.get('input') else None
 
 
 def check_resume(meta: dict[str, Any], settings: dict[str, Any], where: str) -> None:
@@ -197,6 +209,12 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
 def _restore_step(manager: ocp.CheckpointManager, abstract_state: TrainState,
                   expected_meta: dict[str, Any], step: int) -> TrainState:
   meta = read_meta(manager, step)
+  if meta.get('pretrained'):
+    raise ValueError(
+        f'{_step_dir(manager, step)} holds converted weights ({meta["pretrained"].get("source")}), '
+        'not a training run to resume: start from them with '
+        f'--config.init_from.workdir={os.path.dirname(str(manager.directory))} and another '
+        '--workdir.')
   where = _check_meta(manager, step, expected_meta, meta)
   check_resume(meta, expected_meta['resume'], where)
   items = {'state': ocp.args.StandardRestore(abstract_state)}
@@ -458,6 +476,19 @@ def checkpoint_location(path: str) -> tuple[str, int | None]:
     return path, None
   raise FileNotFoundError(f'checkpoint {path} does not exist: give a workdir, its '
                           'checkpoints/ or best/ folder, or one step folder')
+
+
+def read_meta_at(path: str, step: int | None = None) -> tuple[dict[str, Any], str]:
+  """`(meta, step folder)` of the checkpoint at `path` (`checkpoint_location`), the latest
+  unless the path or `step` names one."""
+  directory, path_step = checkpoint_location(path)
+  step = path_step if step is None else step
+  handlers = {'meta': ocp.JsonCheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {directory}')
+    return read_meta(manager, step), _step_dir(manager, step)
 
 
 def load_params_from(model: nnx.Module, directory: str, step: int | None,

@@ -53,6 +53,7 @@ from cam_jax import saliency as saliency_lib
 from cam_jax import sharding
 from cam_jax import viz
 from cam_jax import windows
+from cam_jax.data import conventions
 from cam_jax.data import pipeline
 
 
@@ -130,11 +131,13 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
                           'rel_w', 'num_gt'], 0)
   gt = []  # (orig_hw, boxes) per image, for the centre baseline once the mean size is known
   pictures = []
+  convention = conventions.from_config(config.data)
   batches = pipeline.eval_batches(source, image_size=size, process_batch_size=process_batch,
                                   max_boxes=config.data.max_boxes, num_examples=num_examples,
                                   crop=config.data.eval_crop,
                                   resize_shorter=config.data.eval_resize_shorter,
-                                  with_masks=with_masks, num_threads=config.data.num_threads,
+                                  with_masks=with_masks, convention=convention,
+                                  num_threads=config.data.num_threads,
                                   num_workers=config.data.num_workers)
   try:
     for batch, n in batches:
@@ -161,7 +164,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
           counts['rel_w'] += box_stage.to_fixed((gt_M4[:, 2] - gt_M4[:, 0] + 1) / orig_hw[1])
           counts['num_gt'] += len(gt_M4)
         if len(pictures) < num_pictures and jax.process_index() == 0:
-          pictures.append(_picture(batch, i, out, names, params))
+          pictures.append(_picture(batch, i, out, names, params, convention))
     loc_state = stage.finish() if localization else {}
   finally:
     # The input pipeline's threads and workers stop, and queued chunks are dropped,
@@ -223,10 +226,11 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
 
 
 def _picture(batch: dict[str, np.ndarray], i: int, out: dict[str, np.ndarray],
-             names: list[str], params: box_stage.BoxParams) -> np.ndarray:
+             names: list[str], params: box_stage.BoxParams,
+             convention: conventions.InputConvention) -> np.ndarray:
   """Image | map of the predicted class; GT boxes green, predicted box red (input grid)."""
   size = params.input_size
-  image = pipeline.denormalize(batch['image'][i])
+  image = pipeline.denormalize(batch['image'][i], convention)
   window_4 = batch['window'][i]
   orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
   to_input = lambda b: windows.boxes_to_input(b, window_4, size)

@@ -36,6 +36,7 @@ from cam_jax import models
 from cam_jax import sharding
 from cam_jax import viz
 from cam_jax import windows
+from cam_jax.data import conventions
 from cam_jax.data import pipeline
 
 # Long side of a figure's tile in pixels: larger images are shrunk to it (capped by
@@ -118,6 +119,7 @@ def write_evaluation_figures(config: ml_collections.ConfigDict, model: nnx.Modul
                                   max_boxes=config.data.max_boxes,
                                   num_examples=fig.num_examples, crop=config.data.eval_crop,
                                   resize_shorter=config.data.eval_resize_shorter,
+                                  convention=conventions.from_config(config.data),
                                   num_threads=config.data.num_threads,
                                   num_workers=config.data.num_workers)
   try:

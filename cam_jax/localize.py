@@ -52,6 +52,7 @@ from cam_jax import sharding
 from cam_jax import train
 from cam_jax import viz
 from cam_jax import windows
+from cam_jax.data import conventions
 from cam_jax.data import images as images_lib
 from cam_jax.data import pipeline
 
@@ -142,7 +143,8 @@ def _read(path: str, name: str, preprocess: pipeline.EvalPreprocess, max_side: i
   image_HW3 = images_lib.decode_image(encoded, path, exif_orientation=True)
   orig_hw = image_HW3.shape[:2]
   window_4 = preprocess.window(orig_hw)
-  input_SS3 = pipeline.normalize(pipeline.crop_resize(image_HW3, window_4, preprocess.image_size))
+  input_SS3 = pipeline.normalize(pipeline.crop_resize(image_HW3, window_4, preprocess.image_size),
+                                 preprocess.convention)
   picture_HW3, scale = viz.fit(image_HW3, max_side, PICTURE_MIN_SIDE)
   return _Image(path, name, orig_hw, window_4, input_SS3, picture_HW3, scale)
 
@@ -172,15 +174,21 @@ def _batches(paths: list[str], names: list[str], preprocess: pipeline.EvalPrepro
 # ---------------------------------------------------------------------------
 
 def restore_for_inference(config: ml_collections.ConfigDict, path: str,
-                          mesh: jax.sharding.Mesh) -> tuple[nnx.Module, dict[str, Any], str]:
-  """`(model, meta, step folder)` of the checkpoint at `path` (`checkpoints.checkpoint_location`),
-  with the checkpoint's own number of classes: no dataset needs to be at hand."""
+                          mesh: jax.sharding.Mesh
+                          ) -> tuple[nnx.Module, dict[str, Any], str, ml_collections.ConfigDict]:
+  """`(model, meta, step folder, config)` of the checkpoint at `path`
+  (`checkpoints.checkpoint_location`): the checkpoint's own network and number of classes
+  (a converted checkpoint works with any config), and the config with its input convention
+  resolved (`conventions.resolve`)."""
   directory, step = checkpoints.checkpoint_location(path)
   try:
-    model, step, meta = train.restore_model_at(config, directory, mesh, step=step)
+    model, step, meta = train.restore_model_at(config, directory, mesh, step=step,
+                                               model_from_meta=True)
   except FileNotFoundError as e:
     raise FileNotFoundError(f'{e} Or pass --checkpoint.') from e
-  return model, meta, os.path.join(directory, str(step))
+  where = os.path.join(directory, str(step))
+  config = conventions.resolve(config, checkpoints.input_convention(meta), where)
+  return model, meta, where, config
 
 
 def class_names(config: ml_collections.ConfigDict, meta: dict[str, Any]) -> list[str]:
@@ -339,7 +347,7 @@ def localize(config: ml_collections.ConfigDict, workdir: str, images: str, *,
       raise FileNotFoundError(f'No checkpoint in {os.path.abspath(checkpoint)}: train first '
                               '(--mode=train_and_evaluate), or pass --checkpoint')
   mesh = sharding.make_mesh()
-  model, meta, where = restore_for_inference(config, checkpoint, mesh)
+  model, meta, where, config = restore_for_inference(config, checkpoint, mesh)
   method = config.eval.get('saliency', 'cam')
   if method == 'cam' and models.cam_weights(model) is None:
     raise ValueError(f'{type(model).__name__} (checkpoint {where}) has a fully connected '
@@ -351,7 +359,8 @@ def localize(config: ml_collections.ConfigDict, workdir: str, images: str, *,
   batch_size = sharding.check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
   preprocess = pipeline.EvalPreprocess(config.data.image_size, config.data.max_boxes,
                                        crop=config.data.eval_crop,
-                                       resize_shorter=config.data.eval_resize_shorter)
+                                       resize_shorter=config.data.eval_resize_shorter,
+                                       convention=conventions.from_config(config.data))
   output_dir = os.path.abspath(output_dir or os.path.join(workdir, 'localize'))
   os.makedirs(output_dir, exist_ok=True)
   count, index = jax.process_count(), jax.process_index()

@@ -36,6 +36,8 @@ from cam_jax import metric_writers
 from cam_jax import models
 from cam_jax import sharding
 from cam_jax import workdir_lock
+from cam_jax.pretrained import weights as pretrained_weights
+from cam_jax.data import conventions
 from cam_jax.data import pipeline
 
 TrainState = Any  # nnx.State of (model, optimizer)
@@ -164,19 +166,56 @@ def _create_model_and_optimizer(config: ml_collections.ConfigDict,
   return model, nnx.Optimizer(model, create_optimizer(config), wrt=nnx.Param)
 
 
-def create_train_state(config: ml_collections.ConfigDict,
-                       num_classes: int) -> tuple[nnx.GraphDef, TrainState]:
+def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
+                       pretrained: tuple[Any, Any] | None = None
+                       ) -> tuple[nnx.GraphDef, TrainState]:
   """`(graphdef, state)` of the model and its optimizer, split for pure jitted steps.
 
-  With `config.init_from.workdir`, the model's parameters come from that run's checkpoint,
-  except those matching `config.init_from.reinit` (default: the head).
+  With `config.init_from.workdir`, the model's parameters come from that run's checkpoint;
+  with `config.init_from.pretrained`, from that torchvision or Caffe file (`pretrained`:
+  its `(WeightsFile, Source)` if `starting_weights` already read it); either way except
+  those matching `config.init_from.reinit` (default: the head).
   """
   model, optimizer = _create_model_and_optimizer(config, num_classes)
-  init = config.get('init_from')
-  if init is not None and init.get('workdir'):
-    checkpoints.load_params_from(model, init.workdir, init.get('step'),
-                                 tuple(init.get('reinit', ())))
+  init = config.get('init_from') or {}
+  reinit = tuple(init.get('reinit', ()))
+  if init.get('workdir'):
+    checkpoints.load_params_from(model, init.workdir, init.get('step'), reinit)
+  elif init.get('pretrained'):
+    weights, source = pretrained or _read_pretrained(config)
+    converted = pretrained_weights.convert(model, config.model.name, weights, source,
+                                           reinit=reinit)
+    pretrained_weights.load_into(model, converted)
+    logging.info('Initialised from %s', converted.summary())
   return nnx.split((model, optimizer))
+
+
+def _read_pretrained(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+  """`(WeightsFile, Source)` of `config.init_from.pretrained` for the config's network."""
+  init = config.init_from
+  weights = pretrained_weights.read(init.pretrained, init.get('pretrained_format'))
+  variant = config.model.get('kwargs', {}).get('variant') or (
+      pretrained_weights.default_variant(config.model.name))
+  return weights, pretrained_weights.choose_source(config.model.name, weights, variant)
+
+
+def starting_weights(config: ml_collections.ConfigDict
+                     ) -> tuple[ml_collections.ConfigDict, tuple[Any, Any] | None]:
+  """`(config, pretrained)`: the config with the input convention of the weights the run
+  starts from resolved into `data.input` (cam_jax.data.conventions.resolve: an error if
+  the config contradicts it), and the pretrained file read, if any."""
+  init = config.get('init_from') or {}
+  if init.get('workdir') and init.get('pretrained'):
+    raise ValueError('config.init_from: set workdir or pretrained, not both')
+  if init.get('pretrained'):
+    weights, source = _read_pretrained(config)
+    convention = conventions.preset(source.convention, source.image_size)
+    where = f'config.init_from.pretrained={init.pretrained} ({source.description})'
+    return conventions.resolve(config, convention, where), (weights, source)
+  if init.get('workdir'):
+    meta, where = checkpoints.read_meta_at(init.workdir, init.get('step'))
+    return conventions.resolve(config, checkpoints.input_convention(meta), where), None
+  return conventions.resolve(config, None, ''), None
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, num_classes: int,
@@ -441,6 +480,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         mesh: jax.sharding.Mesh, stop_after: int | None
                         ) -> dict[str, Any] | None:
   # --- Data -------------------------------------------------------------------
+  config, pretrained = starting_weights(config)
   train_source, info = data_lib.load_train_source(config.data)
   num_classes = info.num_classes
   config = resolve_schedule(config, len(train_source), mesh.devices.size)
@@ -460,7 +500,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0))
     if restored is None:
       start_step = 0
-      state = sharding.replicate(create_train_state(config, num_classes)[1], mesh)
+      state = sharding.replicate(create_train_state(config, num_classes, pretrained)[1], mesh)
     else:
       start_step, state = restored
       logging.info('Resumed from step %d in %s', start_step, workdir)
@@ -471,7 +511,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     batches = pipeline.train_batches(
         train_source, image_size=config.data.image_size, global_batch_size=config.batch_size,
         seed=config.seed, start_step=start_step, crop=config.data.train_crop,
-        flip=config.data.flip, num_threads=config.data.num_threads,
+        flip=config.data.flip, convention=conventions.from_config(config.data),
+        num_threads=config.data.num_threads,
         num_workers=config.data.num_workers)
     # Closing the iterator stops its worker processes, whatever ends the loop.
     try:
@@ -496,22 +537,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-                  num_classes: int) -> tuple[nnx.Module, int]:
-  """`(model, step)` from the latest checkpoint in `workdir`; raises if there is none."""
-  model, step, _ = restore_model_at(config, os.path.join(workdir, 'checkpoints'), mesh,
-                                    num_classes=num_classes)
-  return model, step
+                  num_classes: int) -> tuple[nnx.Module, int, ml_collections.ConfigDict]:
+  """`(model, step, config)` from the latest checkpoint in `workdir`, the config with the
+  checkpoint's input convention resolved (`conventions.resolve`); raises if there is
+  none."""
+  directory = os.path.join(workdir, 'checkpoints')
+  model, step, meta = restore_model_at(config, directory, mesh, num_classes=num_classes)
+  where = os.path.join(directory, str(step))
+  return model, step, conventions.resolve(config, checkpoints.input_convention(meta), where)
 
 
 def restore_model_at(config: ml_collections.ConfigDict, directory: str,
                      mesh: jax.sharding.Mesh, *, step: int | None = None,
-                     num_classes: int | None = None) -> tuple[nnx.Module, int, dict[str, Any]]:
+                     num_classes: int | None = None,
+                     model_from_meta: bool = False) -> tuple[nnx.Module, int, dict[str, Any]]:
   """`(model, step, meta)` of a checkpoint in `directory` (a folder of steps:
   checkpoints/ or best/), the latest unless `step` is given.
 
   `num_classes` None takes the checkpoint's own (its meta), so that no dataset needs to
-  be at hand (--mode=localize). Raises FileNotFoundError if there is no such checkpoint,
-  ValueError if it belongs to another model or dataset than the config's.
+  be at hand (--mode=localize). `model_from_meta`: the network (name, kwargs) and dataset
+  are the checkpoint's, whatever the config says (inference on a converted or foreign
+  checkpoint). Raises FileNotFoundError if there is no such checkpoint, ValueError if it
+  belongs to another model or dataset than the config's.
   """
   directory = os.path.abspath(directory)
   with checkpoints.checkpoint_manager(os.path.dirname(directory), config,
@@ -525,6 +572,11 @@ def restore_model_at(config: ml_collections.ConfigDict, directory: str,
     meta = checkpoints.read_meta(manager, step)
     if num_classes is None:
       num_classes = int(meta['num_classes'])
+    if model_from_meta:
+      config = config.copy_and_resolve_references()
+      config.model.name = meta['model']
+      config.model.kwargs = ml_collections.ConfigDict(meta.get('model_kwargs') or {})
+      config.data.name = meta['dataset']
     # The model alone: evaluation and localize never read the optimizer state.
     graphdef, abstract_state = _abstract(lambda: create_model(config, num_classes, config.seed),
                                          mesh)
@@ -539,7 +591,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   sharding.maybe_initialize_distributed(config.get('distributed', False))
   mesh = sharding.make_mesh()
   _, info = data_lib.load_source(config.data, config.data.eval_split)
-  model, step = restore_model(config, workdir, mesh, info.num_classes)
+  model, step, config = restore_model(config, workdir, mesh, info.num_classes)
   results = evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=step,
                                             baselines=tuple(config.eval.get('baselines', ())))
   figures.write_evaluation_figures(config, model, mesh, workdir)

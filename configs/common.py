@@ -32,6 +32,10 @@ def get_common() -> ml_collections.ConfigDict:
   config.data.select_split = 'validation'
   config.data.eval_split = 'test'  # The reported result (eval.json).
   config.data.image_size = 224  # The network's input side.
+  # How pixels become the network's input (cam_jax.data.conventions.PRESETS): None takes the
+  # convention the weights were trained with (init_from, a converted checkpoint), else
+  # 'imagenet' (torchvision's RGB mean/std). Naming another one than the weights' is an error.
+  config.data.input_convention = ml_collections.FieldReference(None, field_type=str)
   config.data.flip = True  # Random horizontal flips in training.
   # Training crop: 'random_resized' (the flax ImageNet example's Inception crop) or 'resize'
   # (the whole image to S×S).
@@ -94,6 +98,12 @@ def get_common() -> ml_collections.ConfigDict:
   config.init_from.workdir = ml_collections.FieldReference(None, field_type=str)
   config.init_from.step = ml_collections.FieldReference(None, field_type=int)
   config.init_from.reinit = (r'head/.*',)
+  # Or start from a torchvision (.pth, .safetensors) or Caffe (.caffemodel) file of ImageNet
+  # weights, converted on the fly (cam_jax.pretrained; README, "Pretrained weights"): the
+  # backbone loads, the layers the network adds (CAM conv, head) start fresh.
+  config.init_from.pretrained = ml_collections.FieldReference(None, field_type=str)
+  # The file's framework: 'torchvision' or 'caffe'; None: detected from the file.
+  config.init_from.pretrained_format = ml_collections.FieldReference(None, field_type=str)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 128  # Global.

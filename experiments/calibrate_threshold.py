@@ -28,6 +28,7 @@ from cam_jax import box_stage
 from cam_jax import boxes as boxes_lib
 from cam_jax import data as data_lib
 from cam_jax import evaluate, sharding, train
+from cam_jax.data import conventions
 from cam_jax.data import pipeline
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir.', required=True)
@@ -53,7 +54,8 @@ def gt_known_hits(config: ml_collections.ConfigDict, model: nnx.Module,
       source, image_size=config.data.image_size, max_boxes=config.data.max_boxes,
       num_examples=num_examples,
       process_batch_size=sharding.check_batch_size(config.eval.batch_size, mesh),
-      crop=config.data.eval_crop, resize_shorter=config.data.eval_resize_shorter)
+      crop=config.data.eval_crop, resize_shorter=config.data.eval_resize_shorter,
+      convention=conventions.from_config(config.data))
   try:
     for batch, n in batches:
       arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
@@ -84,7 +86,7 @@ def main(argv):
   split = _SPLIT.value or config.data.select_split
   mesh = sharding.make_mesh()
   source, info = data_lib.load_source(config.data, split)
-  model, _ = train.restore_model(config, _WORKDIR.value, mesh, info.num_classes)
+  model, _, config = train.restore_model(config, _WORKDIR.value, mesh, info.num_classes)
   thresholds = tuple(float(t) for t in _GRID.value)
   got = gt_known_hits(config, model, mesh, source, _NUM.value, thresholds)
   n = got['with_boxes']

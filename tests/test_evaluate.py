@@ -100,7 +100,7 @@ class _ChannelGAP(nnx.Module):
 
   def __call__(self, x, train=False):
     # Back to raw 0..255 pixels: the hand-worked values read straight off the images.
-    feats = x * pipeline.STDDEV_RGB[None, None, None] + pipeline.MEAN_RGB[None, None, None]
+    feats = x * np.float32(pipeline.DEFAULT_INPUT.std)[None, None, None] + np.float32(pipeline.DEFAULT_INPUT.mean)[None, None, None]
     return self.head(feats.mean((1, 2))), {'features': feats}
 
 

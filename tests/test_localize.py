@@ -49,8 +49,8 @@ def _square_detector(config):
                                                   sharding.make_mesh())
   model, optimizer = nnx.merge(graphdef,
                                jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract))
-  white = ((255 - pipeline.MEAN_RGB) / pipeline.STDDEV_RGB).mean()
-  black = (-pipeline.MEAN_RGB / pipeline.STDDEV_RGB).mean()
+  white = ((255 - np.float32(pipeline.DEFAULT_INPUT.mean)) / np.float32(pipeline.DEFAULT_INPUT.std)).mean()
+  black = (-np.float32(pipeline.DEFAULT_INPUT.mean) / np.float32(pipeline.DEFAULT_INPUT.std)).mean()
   layers = [block for stage in model.stages for block in stage] + [model.cam_conv]
   for i, layer in enumerate(layers):
     kernel = np.zeros(layer.conv.kernel.shape, np.float32)

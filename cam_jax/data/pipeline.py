@@ -23,12 +23,11 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
+from cam_jax.data import conventions
 from cam_jax.data import images
 from cam_jax import windows
 
-# ImageNet statistics, so that pretrained backbones see what they were trained on.
-MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32) * 255
-STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32) * 255
+DEFAULT_INPUT = conventions.preset(conventions.DEFAULT)
 
 TRAIN_CROPS = ('random_resized', 'resize')
 EVAL_CROPS = ('resize', 'resize_crop')
@@ -78,13 +77,17 @@ def mask_on_input(mask_HW: np.ndarray, window_4: np.ndarray, size: int) -> np.nd
   return np.asarray(resized) >= 128
 
 
-def normalize(image_HW3: np.ndarray) -> np.ndarray:
-  return (image_HW3.astype(np.float32) - MEAN_RGB) / STDDEV_RGB
+def normalize(image_HW3: np.ndarray,
+              convention: conventions.InputConvention = DEFAULT_INPUT) -> np.ndarray:
+  """uint8 RGB pixels → network input, by the weights' convention (default: torchvision's
+  ImageNet mean and std)."""
+  return convention.normalize(image_HW3)
 
 
-def denormalize(image_HW3: np.ndarray) -> np.ndarray:
-  """uint8 pixels back from a normalised image."""
-  return np.clip(np.asarray(image_HW3) * STDDEV_RGB + MEAN_RGB, 0, 255).round().astype(np.uint8)
+def denormalize(image_HW3: np.ndarray,
+                convention: conventions.InputConvention = DEFAULT_INPUT) -> np.ndarray:
+  """uint8 RGB pixels back from a network input."""
+  return convention.denormalize(image_HW3)
 
 
 # ---------------------------------------------------------------------------
@@ -99,6 +102,7 @@ class TrainPreprocess(grain.transforms.RandomMap):
   flip: bool = True
   area_range: tuple[float, float] = (0.08, 1.0)
   aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
+  convention: conventions.InputConvention = DEFAULT_INPUT
 
   def __post_init__(self):
     if self.crop not in TRAIN_CROPS:
@@ -117,7 +121,7 @@ class TrainPreprocess(grain.transforms.RandomMap):
     image = crop_resize(image, window, self.image_size)
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
-    return {'image': normalize(image), 'label': np.int32(ex['label'])}
+    return {'image': normalize(image, self.convention), 'label': np.int32(ex['label'])}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +133,7 @@ class EvalPreprocess(grain.transforms.Map):
   crop: str = 'resize'
   resize_shorter: int | None = None  # R; None: S / 0.875, the usual 256 for 224
   with_masks: bool = False  # decode `segmentation_mask` (and `ignore_mask`) for PxAP
+  convention: conventions.InputConvention = DEFAULT_INPUT
 
   def __post_init__(self):
     if self.crop not in EVAL_CROPS:
@@ -151,7 +156,7 @@ class EvalPreprocess(grain.transforms.Map):
     padded[:len(boxes)] = boxes
     window = self.window(image.shape[:2])
     out = {
-        'image': normalize(crop_resize(image, window, self.image_size)),
+        'image': normalize(crop_resize(image, window, self.image_size), self.convention),
         'label': np.int32(ex['label']),
         'boxes': padded,
         'num_boxes': np.int32(len(boxes)),
@@ -200,6 +205,7 @@ def _to_iter(ds: grain.MapDataset, num_threads: int, num_workers: int) -> grain.
 
 def train_batches(source, *, image_size: int, global_batch_size: int, seed: int,
                   start_step: int = 0, crop: str = 'random_resized', flip: bool = True,
+                  convention: conventions.InputConvention = DEFAULT_INPUT,
                   num_threads: int = 4, num_workers: int = 0) -> grain.DatasetIterator:
   """This process's rows of the global batches `start_step + 1, start_step + 2, ...`.
 
@@ -218,7 +224,8 @@ def train_batches(source, *, image_size: int, global_batch_size: int, seed: int,
         .map_with_index(lambda i, ex: (i, ex))
         .shuffle(seed=seed)
         .repeat(None)  # Reseeded each epoch: every epoch has its own order.
-        .random_map(TrainPreprocess(image_size, crop, flip), seed=seed + 1)
+        .random_map(TrainPreprocess(image_size, crop, flip, convention=convention),
+                    seed=seed + 1)
         # Block j of the stream; global batch k is blocks kP .. kP + P - 1, in process order.
         .batch(global_batch_size // count, drop_remainder=True))
   ds = ds.slice(slice(start_step * count + index, None, count))
@@ -228,6 +235,7 @@ def train_batches(source, *, image_size: int, global_batch_size: int, seed: int,
 def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes: int,
                  num_examples: int | None = None, crop: str = 'resize',
                  resize_shorter: int | None = None, with_masks: bool = False,
+                 convention: conventions.InputConvention = DEFAULT_INPUT,
                  num_threads: int = 4,
                  num_workers: int = 0) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """`(batch, num_valid)` over (the first `num_examples` of) a split, in order; `close()`
@@ -238,7 +246,8 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
   process yields the same number of batches (the jitted step is collective), padding with
   all-invalid batches where its share is shorter.
   """
-  preprocess = EvalPreprocess(image_size, max_boxes, crop, resize_shorter, with_masks)
+  preprocess = EvalPreprocess(image_size, max_boxes, crop, resize_shorter, with_masks,
+                              convention)
   ds = grain.MapDataset.source(source)
   if num_examples is not None:
     ds = ds.slice(slice(0, min(num_examples, len(ds))))

@@ -9,10 +9,11 @@ Two variants of the trunk, chosen with `variant`:
 - `'torchvision'`: torchvision.models.googlenet. BatchNorm after every convolution
   (convolutions without bias; always on, whatever `batch_norm` says), a 3×3 convolution in
   the "5×5" branch (torchvision's known deviation, pytorch/vision#906), no LRN, ceil_mode
-  max poolings, pool4 2×2/2. Differences kept on purpose: BN epsilon is ConvBNReLU's 1e-5
-  (torchvision: 1e-3), the default dropout is Caffe's 0.4 (torchvision: 0.2), and
-  torchvision's `transform_input` re-normalisation for its ported weights is left to the
-  input pipeline.
+  max poolings, pool4 2×2/2, BatchNorm epsilon 1e-3 (torchvision's), so that its ImageNet
+  weights load exactly (cam_jax.pretrained). Differences kept on purpose: the default
+  dropout is Caffe's 0.4 (torchvision: 0.2), and torchvision's `transform_input`
+  re-normalisation of its ported weights is the input convention 'inception'
+  (cam_jax.data.conventions), applied by the input pipeline.
 
 Both stems are conv1 7×7/2 pad 3 (64), pool1 3×3/2, conv2 1×1 (64), conv3 3×3 pad 1
 (192), pool2 3×3/2; Caffe calls conv2/conv3 `conv2/3x3_reduce` and `conv2/3x3`. The
@@ -59,6 +60,11 @@ def _check_variant(variant: str) -> None:
     raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
 
 
+def _bn_epsilon(variant: str) -> float:
+  """torchvision's BasicConv2d uses 1e-3; Caffe with `batch_norm=True` our usual 1e-5."""
+  return 1e-3 if variant == 'torchvision' else 1e-5
+
+
 class Inception(nnx.Module):
   """Four parallel branches concatenated on channels: 1×1; 1×1 → 3×3; 1×1 → 5×5 (3×3 in
   torchvision); 3×3/1 max pool → 1×1 projection. Spatial size is preserved. Every conv has
@@ -69,7 +75,8 @@ class Inception(nnx.Module):
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     _check_variant(variant)
     conv = functools.partial(layers.ConvBNReLU, batch_norm=batch_norm or variant == 'torchvision',
-                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                             bn_epsilon=_bn_epsilon(variant), dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs)
     k5 = 5 if variant == 'caffe' else 3
     self.conv1x1 = conv(in_ch, ch1x1, 1, padding=0)
     self.reduce3x3 = conv(in_ch, ch3x3red, 1, padding=0)
@@ -100,8 +107,8 @@ class GoogLeNetTrunk(nnx.Module):
       raise ValueError(f'last must be one of {tuple(INCEPTION_CFG)}, got {last!r}')
     self.variant = variant
     bn = batch_norm or variant == 'torchvision'
-    conv = functools.partial(layers.ConvBNReLU, batch_norm=bn, dtype=dtype,
-                             param_dtype=param_dtype, rngs=rngs)
+    conv = functools.partial(layers.ConvBNReLU, batch_norm=bn, bn_epsilon=_bn_epsilon(variant),
+                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.conv1 = conv(3, 64, 7, stride=2, padding=3)
     self.conv2 = conv(64, 64, 1, padding=0)
     self.conv3 = conv(64, 192, 3, padding=1)

@@ -17,13 +17,13 @@ class ConvBNReLU(nnx.Module):
 
   def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
                padding: int | str = 'SAME', groups: int = 1, batch_norm: bool = False,
-               relu: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               bn_epsilon: float = 1e-5, relu: bool = True, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
     self.conv = nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
                          padding=pad, feature_group_count=groups, use_bias=not batch_norm,
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.bn = (nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5, dtype=dtype,
+    self.bn = (nnx.BatchNorm(out_ch, momentum=0.9, epsilon=bn_epsilon, dtype=dtype,
                              param_dtype=param_dtype, rngs=rngs) if batch_norm else None)
     self.relu = relu
 

@@ -1,0 +1,1 @@
+"""Pretrained weights: readers of PyTorch and Caffe files, layer maps, conversion."""
