@@ -66,7 +66,9 @@ def convert(network: str, weights_path: str, out: str, *, framework: str | None 
   if variant is not None and weights_lib.default_variant(network) is not None:
     kwargs['variant'] = variant
   num_classes = num_classes_of(source, network, weights.tensors)
-  model = models.get_model(network, num_classes=num_classes, rngs=nnx.Rngs(seed), **kwargs)
+  # Jitted: a full-size network initialises in about half the time (same values).
+  model = nnx.jit(lambda: models.get_model(network, num_classes=num_classes,
+                                           rngs=nnx.Rngs(seed), **kwargs))()
   converted = weights_lib.convert(model, network, weights, source, mean_file=mean_file)
   weights_lib.load_into(model, converted)
 
