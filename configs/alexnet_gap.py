@@ -15,4 +15,5 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-  return common.get_network_config('alexnet_gap', arg, image_size=227, runlocal_image_size=99)
+  return common.get_network_config('alexnet_gap', arg, image_size=227, runlocal_image_size=99,
+                                   variant='caffe')

@@ -156,6 +156,13 @@ def set_ilsvrc_finetuning(config: ml_collections.ConfigDict, image_size: int = 2
   (`--config.num_epochs=8 --config.optimizer.decay_every_epochs=2` says the same at any
   batch size). The best checkpoint (workdir/best/) is chosen on 10,000 training images
   held out from training; the result is reported on the validation split.
+
+  The paper fine-tunes from ImageNet weights: add
+  `--config.init_from.pretrained=FILE` (a torchvision .pth or a Caffe .caffemodel of the
+  backbone; README, "Pretrained weights"), with `--config.model.kwargs.variant=torchvision`
+  for torchvision's AlexNet and GoogLeNet, and, as fine-tuning practice,
+  `--config.optimizer.new_layers_lr_multiplier=10`. The backbone loads, the added CAM conv
+  and head start fresh, and the input convention follows the weights.
   """
   config.data.name = 'ilsvrc2012_loc'  # Prepared from the manual files: README.
   config.data.eval_split = 'validation'

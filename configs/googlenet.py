@@ -17,4 +17,4 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-  return common.get_network_config('googlenet', arg)
+  return common.get_network_config('googlenet', arg, variant='caffe')

@@ -376,3 +376,26 @@ def test_mean_image_is_centre_cropped(tmp_path):
   pixels = np.full((6, 6, 3), 200, np.uint8)
   np.testing.assert_array_equal(conv.normalize(pixels), 200 - got)
   assert conventions.from_meta(conv.to_meta()).same_as(conv)
+
+
+def test_tiny_torch_network_matches_torchs_outputs():
+  """state_dict.pt (a conv, BatchNorm and linear net saved by torch.save) read, converted
+  layer by layer and run in flax: torch's outputs (tiny_outputs.npz, made by torch)."""
+  from cam_jax.pretrained import torch_file  # pylint: disable=import-outside-toplevel
+  tensors = torch_file.read_torch(os.path.join(FIXTURES, 'state_dict.pt'))
+  want = np.load(os.path.join(FIXTURES, 'tiny_outputs.npz'))
+  get = lambda name, layout: layer_maps.convert(  # pylint: disable=unnecessary-lambda-assignment
+      tensors[name], layer_maps.Entry(name, name, layout))
+  rngs = nnx.Rngs(0)
+  conv = nnx.Conv(3, 4, (3, 3), padding='VALID', rngs=rngs)
+  bn = nnx.BatchNorm(4, epsilon=1e-5, rngs=rngs)  # torch's BatchNorm2d default
+  fc = nnx.Linear(4, 3, rngs=rngs)
+  conv.kernel[...], conv.bias[...] = get('conv.weight', 'conv'), get('conv.bias', 'vector')
+  bn.scale[...], bn.bias[...] = get('bn.weight', 'vector'), get('bn.bias', 'vector')
+  bn.mean[...], bn.var[...] = get('bn.running_mean', 'vector'), get('bn.running_var', 'vector')
+  fc.kernel[...], fc.bias[...] = get('fc.weight', 'linear'), get('fc.bias', 'vector')
+  features = bn(conv(want['input_NCHW'].transpose(0, 2, 3, 1)), use_running_average=True)
+  np.testing.assert_allclose(np.asarray(features),
+                             want['features_NCHW'].transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(fc(features.mean((1, 2)))), want['logits'], rtol=1e-5,
+                             atol=1e-6)
