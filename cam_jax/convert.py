@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 from cam_jax import checkpoints
+from cam_jax import logs
 from cam_jax import models
 from cam_jax.pretrained import imagenet
 from cam_jax.pretrained import layer_maps
@@ -90,6 +91,7 @@ def convert(network: str, weights_path: str, out: str, *, framework: str | None 
 
 
 def main(argv):
+  logs.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   meta = convert(_NETWORK.value, _WEIGHTS.value, _OUT.value, framework=_FROM.value,
@@ -98,9 +100,10 @@ def main(argv):
   logging.info('%s (%s) → %s/checkpoints/0: %s, %d classes, input %s', _WEIGHTS.value,
                info['description'], _OUT.value, meta['model'], meta['num_classes'],
                meta['input']['name'])
-  logging.info('Fresh (not in the file): %s', ', '.join(info['fresh']) or 'none')
+  logging.info('Fresh (not in the file): %s',
+               weights_lib.describe_layers(info['fresh'], '/', limit=None))
   logging.info('Unused (in the file, not in %s): %s', meta['model'],
-               ', '.join(info['unused']) or 'none')
+               weights_lib.describe_layers(info['unused'], '.', limit=None))
 
 
 if __name__ == '__main__':

@@ -10,13 +10,12 @@ predictions.jsonl for image files). Exit status: 0 when all went well; 3 when
 errors (a damaged checkpoint, or a workdir held by another run: the message alone).
 """
 
-import logging as py_logging
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cam_jax import checkpoints
 from cam_jax import localize
+from cam_jax import logs
 from cam_jax import train
 from cam_jax import workdir_lock
 
@@ -38,16 +37,8 @@ config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]
                                 lock_config=True)
 
 
-class _QuietLibraries(py_logging.Filter):
-  """Drops INFO lines of orbax and TFDS (dozens per checkpoint), so progress lines show."""
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    noisy = '/orbax/' in record.pathname or '/tensorflow_datasets/' in record.pathname
-    return record.levelno > py_logging.INFO or not noisy
-
-
 def main(argv):
-  logging.get_absl_logger().addFilter(_QuietLibraries())
+  logs.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = flags.FLAGS.config

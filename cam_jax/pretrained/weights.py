@@ -53,16 +53,26 @@ class Converted:
   convention: conventions.InputConvention
 
   def summary(self) -> str:
-    return (f'{self.path}: {self.source.description}; {len(self.params)} arrays loaded, '
-            f'{len(self.fresh)} fresh ({_short(self.fresh)}), {len(self.unused)} unused '
-            f'({_short(self.unused)})')
+    return (f'{self.path}: {self.source.description}; {len(self.params)} arrays loaded; '
+            f'fresh: {describe_layers(self.fresh, "/")}; unused: '
+            f'{describe_layers(self.unused, ".")}')
 
 
-def _short(names: list[str], limit: int = 6) -> str:
+def describe_layers(names: list[str], separator: str, limit: int | None = 8) -> str:
+  """Parameter names as their layers ('aux1.fc1.weight' → 'aux1.fc1', in first-seen
+  order), BatchNorm step counters counted apart; at most `limit` layers named."""
+  counters = [n for n in names if n.endswith('num_batches_tracked')]
+  layers = list(dict.fromkeys(n.rsplit(separator, 1)[0] for n in names if n not in counters))
+  text = _short(layers, limit) if layers else 'none'
+  return text + (f' (and {len(counters)} BatchNorm step counters)' if counters else '')
+
+
+def _short(names: list[str], limit: int | None = 6) -> str:
   if not names:
     return 'none'
-  more = f', ... ({len(names) - limit} more)' if len(names) > limit else ''
-  return ', '.join(names[:limit]) + more
+  if limit is None or len(names) <= limit:
+    return ', '.join(names)
+  return ', '.join(names[:limit]) + f', ... ({len(names) - limit} more)'
 
 
 # ---------------------------------------------------------------------------
