@@ -239,3 +239,203 @@ def _adjust_heap(a: list, first: int, hole: int, length: int, value, less) -> No
     hole = parent
     parent = (hole - 1) // 2
   a[first + hole] = value
+
+
+# ---------------------------------------------------------------------------
+# MATLAB's imresize (the released heat maps are made with it)
+# ---------------------------------------------------------------------------
+
+def _cubic(x: np.ndarray) -> np.ndarray:
+  """MATLAB's bicubic kernel (Keys, a = -0.5)."""
+  ax = np.abs(x)
+  ax2, ax3 = ax ** 2, ax ** 3
+  return ((1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1) +
+          (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((1 < ax) & (ax <= 2)))
+
+
+def _triangle(x: np.ndarray) -> np.ndarray:
+  """MATLAB's bilinear kernel."""
+  return (x + 1) * ((-1 <= x) & (x < 0)) + (1 - x) * ((0 <= x) & (x <= 1))
+
+
+_KERNELS = {'bicubic': (_cubic, 4.0), 'bilinear': (_triangle, 2.0)}
+
+
+def imresize_matrix(in_length: int, out_length: int, method: str = 'bicubic',
+                    antialias: bool = True) -> np.ndarray:
+  """The `out × in` matrix of MATLAB's `imresize` along one axis (`contributions` of
+  imresize.m): output pixel i (1-based) sits at `u = i / scale + (1 - 1 / scale) / 2` in
+  the input; its weights are the kernel at `u - j` over `ceil(width) + 2` input pixels from
+  `floor(u - width / 2)`, normalised to sum 1, the kernel widened by `1 / scale` when
+  shrinking with `antialias`; indices outside the input are mirrored
+  (`[1:n, n:-1:1]`)."""
+  kernel, width = _KERNELS[method]
+  scale = out_length / in_length
+  if scale < 1 and antialias:
+    base = kernel
+    kernel = lambda x: scale * base(scale * x)  # pylint: disable=unnecessary-lambda-assignment
+    width = width / scale
+  x = np.arange(1, out_length + 1, dtype=np.float64)[:, None]
+  u = x / scale + 0.5 * (1 - 1 / scale)
+  left = np.floor(u - width / 2)
+  indices = left + np.arange(int(np.ceil(width)) + 2)[None, :]
+  weights = kernel(u - indices)
+  weights = weights / weights.sum(axis=1, keepdims=True)
+  mirror = np.concatenate([np.arange(1, in_length + 1), np.arange(in_length, 0, -1)])
+  indices = mirror[(indices.astype(np.int64) - 1) % len(mirror)] - 1
+  matrix = np.zeros((out_length, in_length))
+  np.add.at(matrix, (np.repeat(np.arange(out_length), indices.shape[1]), indices.reshape(-1)),
+            weights.reshape(-1))
+  return matrix
+
+
+def imresize(image: np.ndarray, out_hw: tuple[int, int], method: str = 'bicubic',
+             antialias: bool = True) -> np.ndarray:
+  """MATLAB's `imresize(image, [H W], method)` of a 2-D (or H×W×C) array, in float64.
+
+  The axis with the smaller scale factor is resized first, as imresize.m orders them.
+  MATLAB computes single inputs in single precision and rounds uint8 results; this
+  returns float64 (callers round as MATLAB's conversions do).
+  """
+  x = np.asarray(image, np.float64)
+  scales = [out_hw[0] / x.shape[0], out_hw[1] / x.shape[1]]
+  for axis in np.argsort(scales, kind='stable'):
+    if x.shape[axis] == out_hw[axis]:
+      continue
+    matrix = imresize_matrix(x.shape[axis], out_hw[axis], method, antialias)
+    x = np.moveaxis(np.tensordot(matrix, np.moveaxis(x, axis, 0), axes=(1, 0)), 0, axis)
+  return x
+
+
+def im2uint8(image: np.ndarray) -> np.ndarray:
+  """MATLAB's conversion of a [0, 1] floating image to uint8 (`im2uint8`, what `imwrite`
+  does to single/double data): `x * 255` rounded half away from zero, saturated."""
+  return np.clip(np.floor(np.asarray(image, np.float64) * 255 + 0.5), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Ten crops and the heat map (ILSVRC_generate_heatmap.m, mergeTenCrop.m)
+# ---------------------------------------------------------------------------
+
+SQUARE = 256  # IMAGE_DIM: the image is resized to 256×256 before cropping
+
+
+def ten_crop_offsets(crop: int, square: int = SQUARE) -> list[tuple[int, int, bool]]:
+  """`(x0, y0, mirrored)` of matcaffe's ten crops in the 256×256 frame, in their order:
+  for x in (0, 256 - crop), for y in (0, 256 - crop): the corner crop; the centre
+  (`floor((256 - crop + 1) / 2)`, 0-based) fifth; crops 6-10 are 1-5 mirrored
+  left-right."""
+  far = square - crop
+  corners = [(x, y) for x in (0, far) for y in (0, far)]
+  centre = (far + 1) // 2
+  plain = corners + [(centre, centre)]
+  return [(x, y, False) for x, y in plain] + [(x, y, True) for x, y in plain]
+
+
+def ten_crops(image_SS3: np.ndarray, crop: int) -> np.ndarray:
+  """The ten `crop`×`crop` crops of a square image (`ten_crop_offsets`), `10×crop×crop×C`."""
+  out = []
+  for x, y, mirrored in ten_crop_offsets(crop, image_SS3.shape[0]):
+    patch = image_SS3[y:y + crop, x:x + crop]
+    out.append(patch[:, ::-1] if mirrored else patch)
+  return np.stack(out)
+
+
+def merge_ten_crops(crop_maps_TSS: np.ndarray, square: int = SQUARE) -> np.ndarray:
+  """mergeTenCrop.m: each crop's map placed back where its crop came from (a mirrored crop
+  mirrored back), `abs`, and *summed* over the crops (theirs sums three identical
+  channels too: a constant factor, gone after the division by the maximum). Pixels
+  covered by more crops add more: the centre counts ten times, a corner twice."""
+  maps = np.abs(np.asarray(crop_maps_TSS, np.float64))
+  crop = maps.shape[1]
+  merged = np.zeros((square, square))
+  for (x, y, mirrored), map_SS in zip(ten_crop_offsets(crop, square), maps):
+    merged[y:y + crop, x:x + crop] += map_SS[:, ::-1] if mirrored else map_SS
+  return merged
+
+
+def heat_map(crop_cams_Thw: np.ndarray, orig_hw: tuple[int, int], crop: int,
+             jpeg_quality: int | None = None) -> np.ndarray:
+  """The 8-bit heat map ILSVRC_generate_heatmap.m writes for one class: each crop's CAM
+  resized to the crop (`imresize`, bicubic), merged into the 256 frame
+  (`merge_ten_crops`), resized to the original image (bicubic, antialiased when
+  shrinking), divided by its maximum and converted to uint8 (`im2uint8`: negatives 0).
+
+  `jpeg_quality`: also round-trip it through JPEG (theirs writes `.jpg`, MATLAB's default
+  quality 75, which `dt_box` reads back); None (default) skips it.
+  """
+  crops = [imresize(m, (crop, crop)) for m in np.asarray(crop_cams_Thw, np.float64)]
+  merged = merge_ten_crops(np.stack(crops))
+  full = imresize(merged, tuple(orig_hw))
+  peak = full.max()
+  heat = im2uint8(full / peak if peak > 0 else full)
+  if jpeg_quality is not None:
+    import io  # pylint: disable=import-outside-toplevel
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    buffer = io.BytesIO()
+    Image.fromarray(heat).save(buffer, format='JPEG', quality=jpeg_quality)
+    heat = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert('L'))
+  return heat
+
+
+# ---------------------------------------------------------------------------
+# Scoring (ILSVRC_evaluate_bbox.m, evaluation/simpleEvaluation.m)
+# ---------------------------------------------------------------------------
+
+def corner_boxes(boxes_N4: np.ndarray) -> np.ndarray:
+  """`(x, y, w, h)` rows to their `(min(x, x + w), min(y, y + h), max(...), max(...))`
+  corners, as ILSVRC_evaluate_bbox.m turns dt_box's output into boxes (a negative width
+  from the clip swaps the corners)."""
+  b = np.asarray(boxes_N4, np.int64).reshape(-1, 4)
+  x0, y0, x1, y1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+  return np.stack([np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1),
+                   np.maximum(y0, y1)], axis=1)
+
+
+def first_two(boxes_N4: np.ndarray, orig_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  """The first and second box as corners. Their script indexes rows 1 and 2 of dt_box's
+  output and stops with an error when there are fewer: here a missing second box repeats
+  the first, and no box at all is the whole image (documented differences)."""
+  corners = corner_boxes(boxes_N4)
+  if len(corners) == 0:
+    h, w = orig_hw
+    corners = np.asarray([[0, 0, w - 1, h - 1]], np.int64)
+  return corners[0], corners[1] if len(corners) > 1 else corners[0]
+
+
+def overlap(box_4: np.ndarray, gt_M4: np.ndarray) -> np.ndarray:
+  """compute_overlap.m: IoU with +1 areas, -1 where the boxes do not intersect."""
+  gt = np.asarray(gt_M4, np.float64).reshape(-1, 4)
+  b = np.asarray(box_4, np.float64)
+  iw = np.minimum(b[2], gt[:, 2]) - np.maximum(b[0], gt[:, 0]) + 1
+  ih = np.minimum(b[3], gt[:, 3]) - np.maximum(b[1], gt[:, 1]) + 1
+  union = ((b[2] - b[0] + 1) * (b[3] - b[1] + 1) + (gt[:, 2] - gt[:, 0] + 1) *
+           (gt[:, 3] - gt[:, 1] + 1) - iw * ih)
+  return np.where((iw > 0) & (ih > 0), iw * ih / np.where(union == 0, 1, union), -1.0)
+
+
+def guess_correct(label: int, guess_class: int, guess_box_4: np.ndarray,
+                  gt_M4: np.ndarray) -> bool:
+  """simpleEvaluation.m for one guess: the class is the label and some ground-truth box
+  overlaps it by at least 0.5 (theirs counts an error where `ov < 0.50`)."""
+  return guess_class == label and len(gt_M4) > 0 and bool(
+      (overlap(guess_box_4, gt_M4) >= 0.5).any())
+
+
+def localization_errors(guesses: list[tuple[int, np.ndarray]], label: int,
+                        gt_M4: np.ndarray, max_guesses: int = 5) -> np.ndarray:
+  """`[error with the first k guesses for k = 1..max_guesses]` of one image (0 or 1),
+  guesses `(class, box corners)` in order: wrong unless one of the first k is correct."""
+  correct = [guess_correct(label, c, b, gt_M4) for c, b in guesses[:max_guesses]]
+  return np.asarray([0 if any(correct[:k]) else 1 for k in range(1, max_guesses + 1)])
+
+
+def combined_guesses(classes_5: Sequence[int], first_5: Sequence[np.ndarray],
+                     second_5: Sequence[np.ndarray]) -> list[tuple[int, np.ndarray]]:
+  """Table 3's heuristic as their `predictionResult_bboxCombine`: for each class in order
+  its first box then its second, the first five guesses (top-1 first, top-1 second,
+  top-2 first, top-2 second, top-3 first)."""
+  guesses = []
+  for c, first, second in zip(classes_5, first_5, second_5):
+    guesses += [(int(c), first), (int(c), second)]
+  return guesses[:5]

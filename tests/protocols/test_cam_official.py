@@ -111,3 +111,98 @@ def test_bad_thresholds_are_refused():
     cam_official.dt_boxes(np.zeros((8, 8), np.uint8), (100, 20, 110))
   with pytest.raises(ValueError, match='uint8'):
     cam_official.dt_boxes(np.zeros((8, 8), np.float32))
+
+
+# ---------------------------------------------------------------------------
+# The heat map: MATLAB's imresize, the ten crops, the merge
+# ---------------------------------------------------------------------------
+
+def test_imresize_weights_worked_by_hand():
+  # Enlarging 2 → 4 (scale 2, no antialiasing): output 1 sits at u = 1/2 + (1 - 1/2)/2
+  # = 0.75 (1-based input coordinates). Keys' cubic (a = -0.5) at u - j for j = -1..2:
+  # k(1.75) = -0.0234375, k(0.75) = 0.2265625, k(-0.25) = 0.8671875, k(-1.25) = -0.0703125.
+  # Mirroring [1, 2, 2, 1] sends j = -1 to input 2 and j = 0 to input 1: input 1 gets
+  # 0.2265625 + 0.8671875 = 1.09375, input 2 gets -0.09375.
+  np.testing.assert_allclose(cam_official.imresize_matrix(2, 4)[0], [1.09375, -0.09375])
+  # Both axes: 1.09375² · 1 + 1.09375 · (-0.09375) · (2 + 3) + 0.09375² · 4 = 0.71875,
+  # the corner MATLAB prints for imresize([1 2; 3 4], [4 4]).
+  assert cam_official.imresize(np.array([[1.0, 2.0], [3.0, 4.0]]), (4, 4))[0, 0] == 0.71875
+  # Shrinking 4 → 2 (scale 1/2, antialiased): the kernel is k(x / 2) / 2, 8 wide; output 1
+  # at u = 2 - 0.5 = 1.5 takes j = -2..5 with weights -0.01171875, -0.03515625, 0.11328125,
+  # 0.43359375, 0.43359375, 0.11328125, -0.03515625, -0.01171875; mirrored over
+  # [1, 2, 3, 4, 4, 3, 2, 1], they add up per input to:
+  np.testing.assert_allclose(cam_official.imresize_matrix(4, 2)[0],
+                             [0.546875, 0.3984375, 0.1015625, -0.046875])
+  # MATLAB's uint8 conversion rounds half away from zero and saturates.
+  np.testing.assert_array_equal(cam_official.im2uint8(np.array([0.5 / 255, 2.5 / 255, -0.2,
+                                                                1.3])), [1, 3, 0, 255])
+
+
+def test_ten_crops_and_their_merge():
+  # matcaffe's order: x in (0, 32), y in (0, 32) for 224 in 256; the centre at
+  # floor((32 + 1) / 2) = 16; then the same five mirrored.
+  assert cam_official.ten_crop_offsets(224)[:5] == [
+      (0, 0, False), (0, 32, False), (32, 0, False), (32, 32, False), (16, 16, False)]
+  assert cam_official.ten_crop_offsets(227)[4] == (15, 15, False)
+  # 2×2 crops of a 4×4 square: corners at 0 and 2, the centre at (3 // 2) = 1.
+  square = np.arange(16.0).reshape(4, 4)
+  crops = cam_official.ten_crops(square[..., None], 2)[..., 0]
+  np.testing.assert_array_equal(crops[1], [[8, 9], [12, 13]])  # x = 0, y = 2
+  np.testing.assert_array_equal(crops[6], [[9, 8], [13, 12]])  # the same, mirrored
+  # Merging maps that are 1 everywhere counts how many crops cover each pixel: twice
+  # (a corner crop and its mirror) everywhere, four times in the centre 2×2.
+  np.testing.assert_array_equal(cam_official.merge_ten_crops(np.ones((10, 2, 2)), 4),
+                                [[2, 2, 2, 2], [2, 4, 4, 2], [2, 4, 4, 2], [2, 2, 2, 2]])
+  # A mirrored crop's map is mirrored back: its left column lands on the right.
+  maps = np.zeros((10, 2, 2))
+  maps[5] = [[0, -3], [0, 0]]  # crop 6 (mirrored top-left): abs, then back at (0, 0)
+  merged = cam_official.merge_ten_crops(maps, 4)
+  assert merged[0, 0] == 3 and merged.sum() == 3
+
+
+def test_heat_map_is_8_bit_at_the_original_size():
+  cams = np.ones((10, 7, 7))
+  heat = cam_official.heat_map(cams, (300, 200), 224)
+  assert heat.shape == (300, 200) and heat.dtype == np.uint8
+  # The centre is covered by all ten crops, the border by two: about 255 · 2 / 10 = 51
+  # there. The maximum (255) is the bicubic overshoot at a coverage step, a little above
+  # the centre's plateau.
+  assert heat.max() == 255 and heat[150, 100] >= 240 and 40 <= heat[0, 0] <= 60
+  jpeg = cam_official.heat_map(cams, (300, 200), 224, jpeg_quality=75)
+  assert 0 < np.abs(jpeg.astype(int) - heat).mean() < 1  # lossy, a little at the steps
+
+
+# ---------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------
+
+def test_boxes_become_their_corners():
+  # (x, y, w, h) → (x, y, x + w, y + h); the negative width of the clip swaps the corners.
+  np.testing.assert_array_equal(cam_official.corner_boxes([[41, 145, 362, 202],
+                                                           [15, 5, -2, 4]]),
+                                [[41, 145, 403, 347], [13, 5, 15, 9]])
+  first, second = cam_official.first_two(np.array([[1, 2, 3, 4]]), (10, 20))
+  np.testing.assert_array_equal(first, [1, 2, 4, 6])
+  np.testing.assert_array_equal(second, first)  # theirs would stop with an error
+  first, _ = cam_official.first_two(np.zeros((0, 4)), (10, 20))
+  np.testing.assert_array_equal(first, [0, 0, 19, 9])  # no box: the whole image
+
+
+def test_top_k_and_the_combined_heuristic():
+  gt = np.array([[10, 10, 29, 29]])  # 20×20
+  good = np.array([10, 10, 29, 29])
+  half = np.array([10, 10, 29, 19])  # 20×10 inside: IoU 200 / 400 = 0.5, counted correct
+  bad = np.array([10, 10, 29, 18])  # 20×9: 180 / 400 = 0.45
+  assert cam_official.guess_correct(3, 3, half, gt)
+  assert not cam_official.guess_correct(3, 3, bad, gt)
+  assert not cam_official.guess_correct(3, 4, good, gt)  # another class
+  # Table 2: the first box of each of the top 5 classes; the label (3) is second.
+  guesses = [(7, good), (3, good), (1, bad), (2, bad), (5, bad)]
+  np.testing.assert_array_equal(cam_official.localization_errors(guesses, 3, gt),
+                                [1, 0, 0, 0, 0])
+  # Table 3: top-1 first, top-1 second, top-2 first, top-2 second, top-3 first.
+  combined = cam_official.combined_guesses([3, 7, 1, 2, 5], [bad, good, good, good, good],
+                                           [half, good, good, good, good])
+  assert [c for c, _ in combined] == [3, 3, 7, 7, 1]
+  np.testing.assert_array_equal(cam_official.localization_errors(combined, 3, gt),
+                                [1, 0, 0, 0, 0])
