@@ -47,6 +47,7 @@ from cam_jax import box_stage
 from cam_jax import boxes as boxes_lib
 from cam_jax import cam as cam_lib
 from cam_jax import data as data_lib
+from cam_jax import evaluators
 from cam_jax import io_utils
 from cam_jax import models
 from cam_jax import saliency as saliency_lib
@@ -317,6 +318,23 @@ def format_table(results: dict[str, Any], paper_row: str | None = None) -> str:
   return '\n'.join(lines)
 
 
+def format_protocol_table(numbers: dict[str, Any], paper_row: str | None = None) -> str:
+  """An evaluator's numbers in percent; for `cam_official`, the paper's row beside them
+  (Table 2: classification and localization top-1/top-5 error)."""
+  paper = paper_numbers(paper_row) if numbers.get('protocol') == 'cam_official' else {}
+  head = f'| metric ({numbers.get("num_images")} images) | % |' + (
+      f' paper ({paper_row}) |' if paper else '')
+  lines = [head, '|---|---:|' + ('---:|' if paper else '')]
+  for key, value in numbers.items():
+    if not isinstance(value, float):
+      continue
+    line = f'| {key} | {100 * value:.2f} |'
+    if paper:
+      line += f' {100 * paper[key]:.2f} |' if key in paper else ' |'
+    lines.append(line)
+  return '\n'.join(lines)
+
+
 def format_brief(results: dict[str, Any]) -> str:
   return '  '.join(f'{k} {100 * results[k]:.2f}%' for k, _ in _ROWS if k in results)
 
@@ -338,13 +356,23 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
     baseline = evaluate(baseline_config, model, mesh, localization=True,
                         num_examples=config.eval.get('num_examples'))
     results.update({f'{method}/{k}': baseline[k] for k in BASELINE_KEYS if k in baseline})
+  protocols = evaluators.run_evaluators(config, model, mesh,
+                                        num_examples=config.eval.get('num_examples'))
+  for name, numbers in protocols.items():
+    results.update({f'{name}/{k}': v for k, v in numbers.items()})
   if jax.process_index() == 0:
     io_utils.atomic_write_json(os.path.join(workdir, 'eval.json'), results)
     for j, picture in enumerate(pictures):
       viz.save_png(os.path.join(workdir, 'cams', f'{j:02d}.png'), picture)
-    table = format_table(results, config.eval.get('paper_row'))
+    # The paper's numbers are ten-crop numbers of the released pipeline: they are printed
+    # beside the cam_official evaluator's only, never beside this single-view protocol.
+    table = format_table(results)
     print(f'\nEvaluation of {config.model.name} on {config.data.name}/'
-          f'{config.data.eval_split} at step {step}:\n{table}\n', flush=True)
+          f'{config.data.eval_split} at step {step} (protocol cam_jax):\n{table}\n',
+          flush=True)
+    for name, numbers in protocols.items():
+      print(f'{name} ({numbers.get("protocol")}):\n'
+            f'{format_protocol_table(numbers, config.eval.get("paper_row"))}\n', flush=True)
     logging.info('Wrote %s and %d pictures in %s', os.path.join(workdir, 'eval.json'),
                  len(pictures), os.path.join(workdir, 'cams'))
   return results

@@ -128,6 +128,12 @@ def get_common() -> ml_collections.ConfigDict:
   # (cam_jax.box_stage): -1 one per host core, 0 none (in the main process).
   config.eval.box_workers = -1
 
+  # Further evaluators run by --mode=evaluate and at the end of training (cam_jax.evaluators),
+  # each `config.evals.NAME = dict(type=..., **kwargs)`, its numbers as NAME/metric in
+  # eval.json, e.g. the released ILSVRC pipeline of the paper's Tables 2-3:
+  #   config.evals.official = dict(type='cam_official', thresholds=(20, 100, 110))
+  config.evals = ml_collections.ConfigDict()
+
   # Pictures (cam_jax.viz): the official code's look, jet at 0.3 over the image at 0.5.
   config.viz = ml_collections.ConfigDict()
   config.viz.colormap = 'jet'

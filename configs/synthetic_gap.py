@@ -12,6 +12,16 @@ CPU's float rounding; benchmarks/RESULTS.md).
 
 `--config=configs/synthetic_gap.py:tiny` is a few steps on 32×32 images, for tests and
 smoke runs (seconds).
+
+`:protocols` adds the reference protocols as evaluators (`config.evals`): the released
+ILSVRC pipeline of zhoubolei/CAM (`cam_official`: ten crops, dt_box) and Choe et al.'s
+(`wsolevaluation`: MaxBoxAcc, MaxBoxAccV2 with OpenCV), for `--mode=evaluate` of a
+trained workdir:
+
+  python -m cam_jax.main --config=configs/synthetic_gap.py:protocols --workdir=runs/synthetic \
+      --mode=evaluate
+
+Variants combine with commas: `:tiny,protocols`.
 """
 
 from configs import common
@@ -44,7 +54,17 @@ def get_config(arg: str | None = None):
   config.eval_examples_during_training = 500
   config.checkpoint_every = 200
 
-  if arg == 'tiny':
+  variants = [v for v in (arg or '').split(',') if v]
+  unknown = [v for v in variants if v not in ('tiny', 'protocols')]
+  if unknown:
+    raise ValueError(f"unknown variant {unknown[0]!r} of synthetic_gap.py; known: 'tiny', "
+                     "'protocols'")
+  if 'protocols' in variants:
+    # The synthetic images are 64×64: the ten crops come from a 73×73 frame
+    # (protocols.official_eval.frame_size), as 224 from 256.
+    config.evals.official = dict(type='cam_official', batch_size=16)
+    config.evals.wsol = dict(type='wsolevaluation')
+  if 'tiny' in variants:
     config.data.builder_config = 'tiny'
     config.data.image_size = 32
     config.model.name = 'tiny_gap'
@@ -62,6 +82,4 @@ def get_config(arg: str | None = None):
     config.figures.num_classes = 2
     config.figures.per_class = 2
     config.figures.num_images = 4
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of synthetic_gap.py; known: 'tiny'")
   return config

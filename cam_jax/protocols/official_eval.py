@@ -1,0 +1,166 @@
+"""The `cam_official` evaluator: zhoubolei/CAM's released ILSVRC pipeline end to end.
+
+Per image (ILSVRC_generate_heatmap.m, ILSVRC_evaluate_bbox.m, simpleEvaluation.m):
+
+1. The image resized to the square frame (256×256 for the 224/227 crops; MATLAB
+   `imresize(..., 'bilinear')`, antialiased), its ten crops (`cam_official.ten_crops`),
+   each normalised by the weights' input convention.
+2. One device pass over the crops: class probabilities averaged over the ten give the
+   top 5 (and classification top-1/top-5); each crop's CAM of those five classes at the
+   map resolution.
+3. Per class, the 8-bit heat map (`cam_official.heat_map`: bicubic to the crop, the ten
+   merged into the frame, bicubic to the original image, divided by its maximum) and the
+   released box generator (`cam_official.dt_boxes`).
+4. Scoring as simpleEvaluation.m: top-k localization error with each class's first box
+   (Table 2), with its second box, and with the five-box heuristic (Table 3); a guess is
+   correct when its class is the label and its box overlaps a ground-truth box by
+   >= 0.5. Rates divide by the images that have boxes.
+
+Differences from the release, named: the frame is `round(crop · 256 / 224)` for crops
+other than 224 and 227 (the small networks here); a mean image is the weights' centre
+crop subtracted from each crop (theirs subtracts the 256×256 mean before cropping); the
+ILSVRC blacklist of simpleEvaluation.m is not applied (our ilsvrc2012_loc has no such
+file); MATLAB's single-precision arithmetic is float64 here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from cam_jax import cam as cam_lib
+from cam_jax import data as data_lib
+from cam_jax import models
+from cam_jax import sharding
+from cam_jax.data import conventions
+from cam_jax.data import pipeline
+from cam_jax.protocols import cam_official
+
+TOP = 5  # the release keeps five classes per image
+
+
+def frame_size(crop: int) -> int:
+  """The square the ten crops come from: 256 for the released 224 and 227 crops."""
+  return cam_official.SQUARE if crop in (224, 227) else int(round(crop * 256 / 224))
+
+
+def crop_inputs(image_HW3: np.ndarray, crop: int,
+                convention: conventions.InputConvention) -> np.ndarray:
+  """The ten normalised crops of one image, `10×crop×crop×3` float32."""
+  square = frame_size(crop)
+  frame = cam_official.imresize(image_HW3.astype(np.float64), (square, square), 'bilinear')
+  frame = np.clip(np.floor(frame + 0.5), 0, 255).astype(np.uint8)  # back to pixels
+  return np.stack([convention.normalize(c) for c in cam_official.ten_crops(frame, crop)])
+
+
+def make_ten_crop_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, top: int = TOP):
+  """`f(state, crops_N10SS3) -> (probs_NC averaged over the crops, the `top` classes,
+  CAMs N×10×top×h×w)`, jitted over the mesh."""
+
+  def fn(state, crops):
+    model = nnx.merge(graphdef, state)
+    n = crops.shape[0]
+    logits, aux = model(crops.reshape(n * 10, *crops.shape[2:]), train=False)
+    probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(n, 10, -1).mean(1)
+    classes = cam_lib.top_k_classes(probs, top)
+    kernel, _ = models.cam_weights(model)
+    ids = jnp.repeat(classes, 10, axis=0)  # each crop's maps of its image's top 5
+    cams = cam_lib.class_activation_maps(aux['features'], kernel, ids)
+    return probs, classes, cams.reshape(n, 10, top, *cams.shape[2:])
+
+  batch = sharding.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), batch), out_shardings=batch)
+
+
+def score_image(classes_5: np.ndarray, cams_10_5_hw: np.ndarray,
+                orig_hw: tuple[int, int], crop: int, label: int, gt_M4: np.ndarray,
+                thresholds: tuple[int, int, int], jpeg_quality: int | None) -> dict[str, Any]:
+  """Errors of one image: `cls` (top-1..5), and, if it has boxes, `first`, `second` and
+  `combined` (top-1..5 localization errors, 0 or 1 each)."""
+  out = {'cls': np.asarray([int(label not in classes_5[:k]) for k in range(1, TOP + 1)])}
+  if len(gt_M4) == 0:
+    return out
+  firsts, seconds = [], []
+  for j in range(len(classes_5)):
+    heat = cam_official.heat_map(cams_10_5_hw[:, j], orig_hw, crop, jpeg_quality)
+    first, second = cam_official.first_two(cam_official.dt_boxes(heat, thresholds), orig_hw)
+    firsts.append(first)
+    seconds.append(second)
+  classes = [int(c) for c in classes_5]
+  out['first'] = cam_official.localization_errors(list(zip(classes, firsts)), label, gt_M4)
+  out['second'] = cam_official.localization_errors(list(zip(classes, seconds)), label, gt_M4)
+  out['combined'] = cam_official.localization_errors(
+      cam_official.combined_guesses(classes, firsts, seconds), label, gt_M4)
+  return out
+
+
+def model_num_classes(model: nnx.Module) -> int:
+  """The number of classes of a CAM network (its CAM kernel's columns)."""
+  return int(models.cam_weights(model)[0].shape[1])
+
+
+def evaluate_official(config: ml_collections.ConfigDict, model: nnx.Module,
+                      mesh: jax.sharding.Mesh, *, split: str | None = None,
+                      num_examples: int | None = None,
+                      thresholds: tuple[int, int, int] = cam_official.DEFAULT_THRESHOLDS,
+                      jpeg_quality: int | None = None,
+                      batch_size: int = 16) -> dict[str, Any]:
+  """The released protocol's numbers on `split` (default `config.data.eval_split`):
+  `cls_top{1,5}_error` (ten crops), `loc_top{1..5}_error` (first box, Table 2),
+  `loc_top{1..5}_error_second_box`, `loc_top{1..5}_error_heuristic` (Table 3), fractions;
+  `num_images`, `num_images_with_boxes`. Summed over processes exactly. `batch_size`:
+  images per device pass (global; ten crops each)."""
+  if models.cam_weights(model) is None:
+    raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
+                     'cam_official protocol needs CAMs')
+  split = split or config.data.eval_split
+  source, _ = data_lib.load_source(config.data, split)
+  crop = config.data.image_size
+  convention = conventions.from_config(config.data)
+  graphdef, state = nnx.split(model)
+  fn = make_ten_crop_fn(graphdef, mesh, min(TOP, int(model_num_classes(model))))
+  batch = sharding.check_batch_size(batch_size, mesh, 'evals.<cam_official>.batch_size')
+  total = len(source) if num_examples is None else min(num_examples, len(source))
+  count, index = jax.process_count(), jax.process_index()
+  mine = list(range(index, total, count))
+  longest_share = -(-total // count)
+  num_batches = -(-longest_share // batch)  # every process makes the same (collective) calls
+  counts = {'num_images': 0, 'num_images_with_boxes': 0}
+  for key in ('cls', 'first', 'second', 'combined'):
+    counts.update({f'{key}_{k}': 0 for k in range(1, TOP + 1)})
+  for b in range(num_batches):
+    rows = mine[b * batch:(b + 1) * batch]
+    examples = [source[i] for i in rows]
+    images = [pipeline.decode(ex, i) for ex, i in zip(examples, rows)]
+    crops = [crop_inputs(im, crop, convention) for im in images]
+    blank = np.zeros((10, crop, crop, 3), np.float32)
+    crops += [crops[-1] if crops else blank] * (batch - len(crops))
+    arrays = sharding.shard_batch({'crops': np.stack(crops)}, mesh)
+    _, classes, cams = sharding.to_host(fn(state, arrays['crops']), mesh)
+    for r, (ex, image) in enumerate(zip(examples, images)):
+      gt = np.asarray(ex['boxes'], np.int64).reshape(-1, 4)
+      errors = score_image(classes[r], cams[r], image.shape[:2], crop,
+                           int(ex['label']), gt, tuple(thresholds), jpeg_quality)
+      counts['num_images'] += 1
+      counts['num_images_with_boxes'] += int(len(gt) > 0)
+      for key, values in errors.items():
+        for k, v in enumerate(values, 1):
+          counts[f'{key}_{k}'] += int(v)
+  counts = sharding.sum_across_processes(counts)
+  n, nb = counts['num_images'], counts['num_images_with_boxes']
+  results: dict[str, Any] = {'protocol': 'cam_official', 'split': split, 'num_images': n,
+                             'num_images_with_boxes': nb, 'thresholds': list(thresholds),
+                             'jpeg_quality': jpeg_quality}
+  for k in range(1, TOP + 1):
+    results[f'cls_top{k}_error'] = counts[f'cls_{k}'] / max(n, 1)
+    if nb:
+      results[f'loc_top{k}_error'] = counts[f'first_{k}'] / nb
+      results[f'loc_top{k}_error_second_box'] = counts[f'second_{k}'] / nb
+      results[f'loc_top{k}_error_heuristic'] = counts[f'combined_{k}'] / nb
+  return results
+

@@ -1,0 +1,135 @@
+"""The `wsolevaluation` evaluator: Choe et al.'s box metrics as their code computes them.
+
+Per image (their inference.py and evaluation.py): the whole image resized to the input
+(S×S; 224 in theirs), the CAM of the ground-truth class at the map resolution, resized to
+S×S with `cv2.INTER_CUBIC` and min-max normalised (`wsolevaluation.normalize_scoremap`),
+boxed at every τ of `np.arange(0, 1, cam_curve_interval)` (`scoremap_boxes`), and compared
+with the ground-truth boxes resized to S×S (`resize_box`) by their IoU:
+
+- `max_box_acc`: the largest contour's box, IoU >= 0.5, the best τ (MaxBoxAcc);
+- `max_box_acc_v2`: every contour's box, the best IoU of each τ, at IoU 0.3, 0.5 and 0.7,
+  each at its best τ, averaged (MaxBoxAccV2), with the three in
+  `max_box_acc_v2_iou{30,50,70}` and their τ.
+
+Fractions in [0, 1] (theirs prints percent). Rates divide by the images that have boxes.
+Not yet here: PxAP with their ignore masks, and the top-1 localization of WSOL tables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from cam_jax import cam as cam_lib
+from cam_jax import data as data_lib
+from cam_jax import models
+from cam_jax import sharding
+from cam_jax.data import conventions
+from cam_jax.data import pipeline
+from cam_jax.protocols import wsolevaluation as wsol
+
+
+def make_label_cam_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
+  """`f(state, images, labels) -> CAMs B×h×w` of each image's label, jitted."""
+
+  def fn(state, images, labels):
+    model = nnx.merge(graphdef, state)
+    _, aux = model(images, train=False)
+    kernel, _ = models.cam_weights(model)
+    return cam_lib.class_activation_maps(aux['features'], kernel,
+                                         labels[:, None].astype(jnp.int32))[:, 0]
+
+  batch = sharding.batch_sharding(mesh)
+  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), batch, batch),
+                 out_shardings=batch)
+
+
+def image_ious(cam_hw: np.ndarray, gt_M4: np.ndarray, orig_hw: tuple[int, int], size: int,
+               taus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """`(single_T, multi_T)`: per τ, the IoU of the largest contour's box and the best IoU
+  of every contour's box with the ground truth, as BoxEvaluator.accumulate computes them.
+
+  A τ's boxes depend only on the integer threshold `int(τ · max)`, so each distinct one is
+  boxed once.
+  """
+  scoremap = wsol.normalize_scoremap(wsol.resize_cam(cam_hw, size))
+  gt = np.asarray([wsol.resize_box(b, (orig_hw[1], orig_hw[0]), (size, size)) for b in gt_M4])
+  peak = int(np.max((scoremap * 255).astype(np.uint8)))
+  single, multi = np.zeros(len(taus)), np.zeros(len(taus))
+  done: dict[int, tuple[float, float]] = {}
+  for t, tau in enumerate(taus):
+    key = int(tau * peak)
+    if key not in done:
+      (one,) = wsol.scoremap_boxes(scoremap, [tau])
+      (every,) = wsol.scoremap_boxes(scoremap, [tau], multi_contour=True)
+      done[key] = (wsol.multiple_iou(one, gt).max(), wsol.multiple_iou(every, gt).max())
+    single[t], multi[t] = done[key]
+  return single, multi
+
+
+def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
+                  mesh: jax.sharding.Mesh, *, split: str | None = None,
+                  num_examples: int | None = None, cam_curve_interval: float = 0.001,
+                  iou_thresholds: tuple[int, ...] = (30, 50, 70)) -> dict[str, Any]:
+  """MaxBoxAcc and MaxBoxAccV2 on `split` (default `config.data.eval_split`), their way
+  (module docstring); the whole image resized to `config.data.image_size`."""
+  if models.cam_weights(model) is None:
+    raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
+                     'wsolevaluation protocol needs CAMs')
+  split = split or config.data.eval_split
+  source, _ = data_lib.load_source(config.data, split)
+  size = config.data.image_size
+  taus = wsol.thresholds(cam_curve_interval)
+  graphdef, state = nnx.split(model)
+  fn = make_label_cam_fn(graphdef, mesh)
+  batch = sharding.check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
+  batches = pipeline.eval_batches(source, image_size=size, process_batch_size=batch,
+                                  max_boxes=config.data.max_boxes, num_examples=num_examples,
+                                  crop='resize', convention=conventions.from_config(config.data),
+                                  num_threads=config.data.num_threads)
+  correct_single = np.zeros(len(taus), np.int64)  # IoU >= 0.5, the largest contour
+  correct_multi = {d: np.zeros(len(taus), np.int64) for d in iou_thresholds}
+  counts = {'num_images': 0, 'num_images_with_boxes': 0}
+  try:
+    for b, n in batches:
+      arrays = sharding.shard_batch({'image': b['image'], 'label': b['label']}, mesh)
+      cams = sharding.to_host(fn(state, arrays['image'], arrays['label']), mesh)
+      for i in range(n):
+        counts['num_images'] += 1
+        gt = b['boxes'][i, :b['num_boxes'][i]]
+        if len(gt) == 0:
+          continue
+        counts['num_images_with_boxes'] += 1
+        single, multi = image_ious(cams[i], gt, tuple(b['orig_hw'][i]), size, taus)
+        correct_single += single >= 0.5
+        for d in iou_thresholds:
+          correct_multi[d] += multi >= d / 100
+  finally:
+    batches.close()
+  totals = sharding.sum_across_processes(
+      {**counts, **{f'single_{t}': int(v) for t, v in enumerate(correct_single)},
+       **{f'multi{d}_{t}': int(v) for d in iou_thresholds
+          for t, v in enumerate(correct_multi[d])}})
+  nb = totals['num_images_with_boxes']
+  results: dict[str, Any] = {'protocol': 'wsolevaluation', 'split': split,
+                             'num_images': totals['num_images'],
+                             'num_images_with_boxes': nb,
+                             'cam_curve_interval': cam_curve_interval}
+  if not nb:
+    return results
+  acc = np.asarray([totals[f'single_{t}'] for t in range(len(taus))]) / nb
+  results['max_box_acc'] = float(acc.max())
+  results['max_box_acc_tau'] = float(taus[int(acc.argmax())])
+  v2 = []
+  for d in iou_thresholds:
+    acc = np.asarray([totals[f'multi{d}_{t}'] for t in range(len(taus))]) / nb
+    results[f'max_box_acc_v2_iou{d}'] = float(acc.max())
+    results[f'max_box_acc_v2_iou{d}_tau'] = float(taus[int(acc.argmax())])
+    v2.append(acc.max())
+  results['max_box_acc_v2'] = float(np.mean(v2))
+  return results

@@ -1,0 +1,78 @@
+"""The cam_official evaluator end to end on the tiny synthetic split, and its pieces."""
+
+import numpy as np
+from flax import nnx
+
+from cam_jax import evaluate
+from cam_jax import evaluators
+from cam_jax import models
+from cam_jax import sharding
+from cam_jax.data import conventions
+from cam_jax.protocols import cam_official
+from cam_jax.protocols import official_eval
+from cam_jax.protocols import wsol_eval
+from configs import synthetic_gap
+
+
+def test_frame_and_crops():
+  assert official_eval.frame_size(224) == 256 and official_eval.frame_size(227) == 256
+  assert official_eval.frame_size(32) == 37  # 32 · 256 / 224 = 36.6
+  image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)
+  conv = conventions.preset('imagenet')
+  crops = official_eval.crop_inputs(image, 32, conv)
+  assert crops.shape == (10, 32, 32, 3) and crops.dtype == np.float32
+  frame = np.clip(np.floor(cam_official.imresize(image.astype(float), (37, 37), 'bilinear')
+                           + 0.5), 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(crops[2], conv.normalize(frame[0:32, 5:37]))  # x = 5, y = 0
+  np.testing.assert_array_equal(crops[7], crops[2][:, ::-1])  # its mirror
+
+
+def test_cam_official_evaluator_through_evaluate_and_report(tiny_data_dir, tmp_path, capsys):
+  config = synthetic_gap.get_config('tiny,protocols')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  config.eval.num_examples = 16
+  config.eval.baselines = ()
+  config.evals.official.batch_size = 8
+  config.eval.paper_row = 'GoogLeNet-GAP'
+  model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0))
+  results = evaluate.evaluate_and_report(config, model, sharding.make_mesh(), str(tmp_path),
+                                         step=0)
+  assert results['official/num_images'] == 16 and results['official/protocol'] == 'cam_official'
+  for k in range(1, 6):
+    assert 0 <= results[f'official/loc_top{k}_error'] <= 1
+  # More guesses never hurt; the heuristic's five guesses include the first box of the
+  # top three classes.
+  first = [results[f'official/loc_top{k}_error'] for k in range(1, 6)]
+  assert first == sorted(first, reverse=True)
+  assert results['official/loc_top5_error_heuristic'] <= results['official/loc_top3_error']
+  assert 0 <= results['wsol/max_box_acc'] <= 1 and 0 <= results['wsol/max_box_acc_v2'] <= 1
+  assert results['wsol/num_images_with_boxes'] == 16
+  printed = capsys.readouterr().out
+  assert 'official (cam_official):' in printed and 'paper (GoogLeNet-GAP)' in printed
+  assert '(protocol cam_jax):' in printed
+
+
+def test_unknown_evaluator_type_is_named():
+  config = synthetic_gap.get_config('tiny')
+  config.evals.x = dict(type='nope')
+  try:
+    evaluators.run_evaluators(config, None, None)
+  except ValueError as e:
+    assert "Unknown evaluator type 'nope'; known: cam_official, wsolevaluation" in str(e)
+  else:
+    raise AssertionError('no error')
+
+
+def test_wsol_ious_of_one_block():
+  # The CAM is the 32×32 input itself (no resize): a block of 1s at rows 8..15, cols
+  # 4..11. For every τ < 1 the block is kept; its contour's boundingRect (4, 8, 8, 8) gives
+  # their box [4, 8, 12, 16]. Against the ground truth [4, 8, 11, 15] (inclusive, the
+  # original image 32×32, so resize_box keeps it): intersection 8 · 8 = 64, areas 9 · 9 =
+  # 81 and 64, IoU 64 / 81.
+  cam = np.zeros((32, 32))
+  cam[8:16, 4:12] = 1.0
+  single, multi = wsol_eval.image_ious(cam, np.array([[4, 8, 11, 15]]), (32, 32), 32,
+                                       np.array([0.0, 0.5, 0.99]))
+  np.testing.assert_allclose(single, 64 / 81)
+  np.testing.assert_allclose(multi, 64 / 81)
