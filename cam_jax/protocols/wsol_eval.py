@@ -11,8 +11,14 @@ with the ground-truth boxes resized to S×S (`resize_box`) by their IoU:
   each at its best τ, averaged (MaxBoxAccV2), with the three in
   `max_box_acc_v2_iou{30,50,70}` and their τ.
 
-Fractions in [0, 1] (theirs prints percent). Rates divide by the images that have boxes.
-Not yet here: PxAP with their ignore masks, and the top-1 localization of WSOL tables.
+- `pxap` (datasets with masks): MaskEvaluator's average precision of the pixels, from
+  histograms of the scores at foreground and background pixels (ignore pixels left out)
+  over the bins `[τ_i, τ_i+1)` of `np.append(np.arange(0, 1, interval), [1, 2, 3])`,
+  precision summed over the recall steps where `tp + fp > 0` (`pxap_from_histograms`).
+
+Fractions in [0, 1] (theirs prints percent). Box rates divide by the images that have
+boxes. Not here: the top-1 localization of WSOL papers' tables (wsolevaluation itself
+reports MaxBoxAcc, which is GT-known localization at the best τ).
 """
 
 from __future__ import annotations
@@ -72,6 +78,28 @@ def image_ious(cam_hw: np.ndarray, gt_M4: np.ndarray, orig_hw: tuple[int, int], 
   return single, multi
 
 
+def pxap_bins(interval: float) -> np.ndarray:
+  """MaskEvaluator's histogram edges: the τ grid, then 1, 2 and 3."""
+  return np.append(wsol.thresholds(interval), [1.0, 2.0, 3.0])
+
+
+def pxap_from_histograms(true_hist: np.ndarray, false_hist: np.ndarray) -> float:
+  """MaskEvaluator.compute, as a fraction: tp and fp counted from the highest bin down,
+  precision `tp / (tp + fp)` summed over the recall steps where `tp + fp > 0`."""
+  tp = np.asarray(true_hist, np.float64)[::-1].cumsum()
+  fn = true_hist.sum() - tp
+  fp = np.asarray(false_hist, np.float64)[::-1].cumsum()
+  if ((tp + fn) <= 0).all():
+    raise ValueError('PxAP: no foreground pixel in the evaluated images')
+  if ((tp + fp) <= 0).all():
+    raise ValueError('PxAP: no pixel predicted foreground')
+  nonzero = (tp + fp) != 0
+  with np.errstate(invalid='ignore', divide='ignore'):
+    precision = tp / (tp + fp)
+    recall = tp / (tp + fn)
+  return float((precision[1:] * np.diff(recall))[nonzero[1:]].sum())
+
+
 def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
                   mesh: jax.sharding.Mesh, *, split: str | None = None,
                   num_examples: int | None = None, cam_curve_interval: float = 0.001,
@@ -82,16 +110,20 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
     raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
                      'wsolevaluation protocol needs CAMs')
   split = split or config.data.eval_split
-  source, _ = data_lib.load_source(config.data, split)
+  source, info = data_lib.load_source(config.data, split)
   size = config.data.image_size
   taus = wsol.thresholds(cam_curve_interval)
+  with_masks = bool(info.has_masks)
+  edges = pxap_bins(cam_curve_interval)
+  true_hist = np.zeros(len(edges) - 1, np.int64)
+  false_hist = np.zeros(len(edges) - 1, np.int64)
   graphdef, state = nnx.split(model)
   fn = make_label_cam_fn(graphdef, mesh)
   batch = sharding.check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
   batches = pipeline.eval_batches(source, image_size=size, process_batch_size=batch,
                                   max_boxes=config.data.max_boxes, num_examples=num_examples,
                                   crop='resize', convention=conventions.from_config(config.data),
-                                  num_threads=config.data.num_threads)
+                                  with_masks=with_masks, num_threads=config.data.num_threads)
   correct_single = np.zeros(len(taus), np.int64)  # IoU >= 0.5, the largest contour
   correct_multi = {d: np.zeros(len(taus), np.int64) for d in iou_thresholds}
   counts = {'num_images': 0, 'num_images_with_boxes': 0}
@@ -101,6 +133,11 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
       cams = sharding.to_host(fn(state, arrays['image'], arrays['label']), mesh)
       for i in range(n):
         counts['num_images'] += 1
+        if with_masks:
+          scoremap = wsol.normalize_scoremap(wsol.resize_cam(cams[i], size))
+          fg, ignore = b['mask'][i], b['ignore'][i]
+          true_hist += np.histogram(scoremap[fg], bins=edges)[0]
+          false_hist += np.histogram(scoremap[~fg & ~ignore], bins=edges)[0]
         gt = b['boxes'][i, :b['num_boxes'][i]]
         if len(gt) == 0:
           continue
@@ -114,12 +151,18 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
   totals = sharding.sum_across_processes(
       {**counts, **{f'single_{t}': int(v) for t, v in enumerate(correct_single)},
        **{f'multi{d}_{t}': int(v) for d in iou_thresholds
-          for t, v in enumerate(correct_multi[d])}})
+          for t, v in enumerate(correct_multi[d])},
+       **{f'true_{j}': int(v) for j, v in enumerate(true_hist)},
+       **{f'false_{j}': int(v) for j, v in enumerate(false_hist)}})
   nb = totals['num_images_with_boxes']
   results: dict[str, Any] = {'protocol': 'wsolevaluation', 'split': split,
                              'num_images': totals['num_images'],
                              'num_images_with_boxes': nb,
                              'cam_curve_interval': cam_curve_interval}
+  if with_masks:
+    results['pxap'] = pxap_from_histograms(
+        np.asarray([totals[f'true_{j}'] for j in range(len(true_hist))]),
+        np.asarray([totals[f'false_{j}'] for j in range(len(false_hist))]))
   if not nb:
     return results
   acc = np.asarray([totals[f'single_{t}'] for t in range(len(taus))]) / nb

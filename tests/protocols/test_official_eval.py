@@ -1,6 +1,7 @@
 """The cam_official evaluator end to end on the tiny synthetic split, and its pieces."""
 
 import numpy as np
+import pytest
 from flax import nnx
 
 from cam_jax import evaluate
@@ -76,3 +77,32 @@ def test_wsol_ious_of_one_block():
                                        np.array([0.0, 0.5, 0.99]))
   np.testing.assert_allclose(single, 64 / 81)
   np.testing.assert_allclose(multi, 64 / 81)
+
+
+def test_pxap_from_histograms_worked_by_hand():
+  # Bins [0, .5), [.5, 1), [1, 2), [2, 3) (interval 0.5). Foreground scores 0.9, 0.6, 0.2;
+  # background 0.7, 0.1: true hist [1, 2, 0, 0], false [1, 1, 0, 0]. From the top bin down:
+  # tp = 0, 0, 2, 3; fp = 0, 0, 1, 2; recall 0, 0, 2/3, 1; precision -, -, 2/3, 3/5.
+  # AP = sum over steps with tp + fp > 0 of precision · Δrecall = 2/3 · 2/3 + 3/5 · 1/3.
+  edges = wsol_eval.pxap_bins(0.5)
+  np.testing.assert_allclose(edges, [0, 0.5, 1, 2, 3])
+  true_hist = np.histogram([0.9, 0.6, 0.2], bins=edges)[0]
+  false_hist = np.histogram([0.7, 0.1], bins=edges)[0]
+  np.testing.assert_array_equal(true_hist, [1, 2, 0, 0])
+  assert wsol_eval.pxap_from_histograms(true_hist, false_hist) == pytest.approx(
+      2 / 3 * 2 / 3 + 3 / 5 * 1 / 3)
+
+
+def test_wsol_evaluator_scores_pxap_on_a_mask_dataset(tmp_path):
+  """OpenImages in the WSOL layout: masks and ignore masks, no boxes."""
+  from tests.data import fake_wsol  # pylint: disable=import-outside-toplevel
+  expected = fake_wsol.write_fake_wsol(str(tmp_path), 'OpenImages')
+  config = synthetic_gap.get_config('tiny')
+  config.data = fake_wsol.data_config(expected)
+  config.data.image_size = 32
+  config.data.eval_split = 'test'
+  config.evals.wsol = dict(type='wsolevaluation', cam_curve_interval=0.01)
+  model = models.get_model('tiny_gap', num_classes=expected['num_classes'], rngs=nnx.Rngs(0))
+  (name, results), = evaluators.run_evaluators(config, model, sharding.make_mesh()).items()
+  assert name == 'wsol' and results['num_images_with_boxes'] == 0
+  assert 0 < results['pxap'] <= 1 and 'max_box_acc' not in results
