@@ -100,21 +100,16 @@ def pxap_from_histograms(true_hist: np.ndarray, false_hist: np.ndarray) -> float
   return float((precision[1:] * np.diff(recall))[nonzero[1:]].sum())
 
 
-def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
-                  mesh: jax.sharding.Mesh, *, split: str | None = None,
-                  num_examples: int | None = None, cam_curve_interval: float = 0.001,
-                  iou_thresholds: tuple[int, ...] = (30, 50, 70)) -> dict[str, Any]:
-  """MaxBoxAcc and MaxBoxAccV2 on `split` (default `config.data.eval_split`), their way
-  (module docstring); the whole image resized to `config.data.image_size`."""
-  if models.cam_weights(model) is None:
-    raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
-                     'wsolevaluation protocol needs CAMs')
-  split = split or config.data.eval_split
+def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
+                 mesh: jax.sharding.Mesh, split: str, num_examples: int | None,
+                 taus: np.ndarray, iou_thresholds: tuple[int, ...]) -> dict[str, Any]:
+  """Counts over `split`, summed over processes: `num_images`, `num_images_with_boxes`,
+  `box_acc` (T: the largest contour, IoU >= 0.5), `box_acc_v2_iou{d}` (T: every contour),
+  `true_hist`, `false_hist` (PxAP, mask datasets only)."""
   source, info = data_lib.load_source(config.data, split)
   size = config.data.image_size
-  taus = wsol.thresholds(cam_curve_interval)
   with_masks = bool(info.has_masks)
-  edges = pxap_bins(cam_curve_interval)
+  edges = pxap_bins(float(taus[1] - taus[0]) if len(taus) > 1 else 1.0)
   true_hist = np.zeros(len(edges) - 1, np.int64)
   false_hist = np.zeros(len(edges) - 1, np.int64)
   graphdef, state = nnx.split(model)
@@ -124,8 +119,8 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
                                   max_boxes=config.data.max_boxes, num_examples=num_examples,
                                   crop='resize', convention=conventions.from_config(config.data),
                                   with_masks=with_masks, num_threads=config.data.num_threads)
-  correct_single = np.zeros(len(taus), np.int64)  # IoU >= 0.5, the largest contour
-  correct_multi = {d: np.zeros(len(taus), np.int64) for d in iou_thresholds}
+  correct = {'box_acc': np.zeros(len(taus), np.int64)}
+  correct.update({f'box_acc_v2_iou{d}': np.zeros(len(taus), np.int64) for d in iou_thresholds})
   counts = {'num_images': 0, 'num_images_with_boxes': 0}
   try:
     for b, n in batches:
@@ -143,36 +138,74 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
           continue
         counts['num_images_with_boxes'] += 1
         single, multi = image_ious(cams[i], gt, tuple(b['orig_hw'][i]), size, taus)
-        correct_single += single >= 0.5
+        correct['box_acc'] += single >= 0.5
         for d in iou_thresholds:
-          correct_multi[d] += multi >= d / 100
+          correct[f'box_acc_v2_iou{d}'] += multi >= d / 100
   finally:
     batches.close()
-  totals = sharding.sum_across_processes(
-      {**counts, **{f'single_{t}': int(v) for t, v in enumerate(correct_single)},
-       **{f'multi{d}_{t}': int(v) for d in iou_thresholds
-          for t, v in enumerate(correct_multi[d])},
-       **{f'true_{j}': int(v) for j, v in enumerate(true_hist)},
-       **{f'false_{j}': int(v) for j, v in enumerate(false_hist)}})
-  nb = totals['num_images_with_boxes']
+  arrays_out = {**correct, 'true_hist': true_hist, 'false_hist': false_hist}
+  flat = dict(counts)
+  for key, values in arrays_out.items():
+    flat.update({f'{key}/{j}': int(v) for j, v in enumerate(values)})
+  totals = sharding.sum_across_processes(flat)
+  out: dict[str, Any] = {k: totals[k] for k in counts}
+  out['with_masks'] = with_masks
+  for key, values in arrays_out.items():
+    out[key] = np.asarray([totals[f'{key}/{j}'] for j in range(len(values))])
+  return out
+
+
+def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
+                  mesh: jax.sharding.Mesh, *, split: str | None = None,
+                  num_examples: int | None = None, cam_curve_interval: float = 0.001,
+                  iou_thresholds: tuple[int, ...] = (30, 50, 70),
+                  select_split: str | None = None) -> dict[str, Any]:
+  """MaxBoxAcc, MaxBoxAccV2 and PxAP on `split` (default `config.data.eval_split`), their
+  way (module docstring); the whole image resized to `config.data.image_size`.
+
+  The results keep the BoxAcc(τ) curves (`box_acc_curve`, `box_acc_v2_iou{d}_curve`) and
+  the PxAP precision/recall. With `select_split` (a split that is not the reported one,
+  e.g. 'validation' or 'holdout'), each operating τ is chosen there and the reported split
+  is scored at it too (`*_at_selected_tau`, `selected_tau*`), beside the max over τ that
+  Choe et al. report.
+  """
+  if models.cam_weights(model) is None:
+    raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
+                     'wsolevaluation protocol needs CAMs')
+  split = split or config.data.eval_split
+  if select_split == split:
+    raise ValueError(f'select_split={select_split!r} is the reported split: choose the '
+                     'operating threshold on another one')
+  taus = wsol.thresholds(cam_curve_interval)
+  curves = split_curves(config, model, mesh, split, num_examples, taus, iou_thresholds)
+  selected = (split_curves(config, model, mesh, select_split, num_examples, taus,
+                           iou_thresholds) if select_split else None)
+  nb = curves['num_images_with_boxes']
   results: dict[str, Any] = {'protocol': 'wsolevaluation', 'split': split,
-                             'num_images': totals['num_images'],
+                             'num_images': curves['num_images'],
                              'num_images_with_boxes': nb,
                              'cam_curve_interval': cam_curve_interval}
-  if with_masks:
-    results['pxap'] = pxap_from_histograms(
-        np.asarray([totals[f'true_{j}'] for j in range(len(true_hist))]),
-        np.asarray([totals[f'false_{j}'] for j in range(len(false_hist))]))
+  if curves['with_masks']:
+    results['pxap'] = pxap_from_histograms(curves['true_hist'], curves['false_hist'])
   if not nb:
     return results
-  acc = np.asarray([totals[f'single_{t}'] for t in range(len(taus))]) / nb
-  results['max_box_acc'] = float(acc.max())
-  results['max_box_acc_tau'] = float(taus[int(acc.argmax())])
-  v2 = []
-  for d in iou_thresholds:
-    acc = np.asarray([totals[f'multi{d}_{t}'] for t in range(len(taus))]) / nb
-    results[f'max_box_acc_v2_iou{d}'] = float(acc.max())
-    results[f'max_box_acc_v2_iou{d}_tau'] = float(taus[int(acc.argmax())])
-    v2.append(acc.max())
+  v2, v2_selected = [], []
+  for key in ['box_acc'] + [f'box_acc_v2_iou{d}' for d in iou_thresholds]:
+    acc = curves[key] / nb
+    name = 'max_box_acc' if key == 'box_acc' else f'max_{key}'
+    results[name] = float(acc.max())
+    results[f'{name}_tau'] = float(taus[int(acc.argmax())])
+    results[f'{key}_curve'] = [float(v) for v in acc]
+    if selected is not None and selected['num_images_with_boxes']:
+      t = int(np.argmax(selected[key]))
+      results[f'{key}_at_selected_tau'] = float(acc[t])
+      results[f'{key}_selected_tau'] = float(taus[t])
+      if key != 'box_acc':
+        v2_selected.append(acc[t])
+    if key != 'box_acc':
+      v2.append(acc.max())
   results['max_box_acc_v2'] = float(np.mean(v2))
+  if v2_selected:
+    results['box_acc_v2_at_selected_tau'] = float(np.mean(v2_selected))
+    results['selected_on'] = select_split
   return results

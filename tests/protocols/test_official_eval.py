@@ -35,6 +35,7 @@ def test_cam_official_evaluator_through_evaluate_and_report(tiny_data_dir, tmp_p
   config.eval.num_examples = 16
   config.eval.baselines = ()
   config.evals.official.batch_size = 8
+  config.evals.wsol.select_split = 'validation'
   config.eval.paper_row = 'GoogLeNet-GAP'
   model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0))
   results = evaluate.evaluate_and_report(config, model, sharding.make_mesh(), str(tmp_path),
@@ -49,6 +50,11 @@ def test_cam_official_evaluator_through_evaluate_and_report(tiny_data_dir, tmp_p
   assert results['official/loc_top5_error_heuristic'] <= results['official/loc_top3_error']
   assert 0 <= results['wsol/max_box_acc'] <= 1 and 0 <= results['wsol/max_box_acc_v2'] <= 1
   assert results['wsol/num_images_with_boxes'] == 16
+  assert len(results['wsol/box_acc_curve']) == 1000
+  assert max(results['wsol/box_acc_curve']) == results['wsol/max_box_acc']
+  # The operating τ chosen on the validation split, the test split scored at it.
+  assert results['wsol/selected_on'] == 'validation'
+  assert results['wsol/box_acc_at_selected_tau'] <= results['wsol/max_box_acc']
   printed = capsys.readouterr().out
   assert 'official (cam_official):' in printed and 'paper (GoogLeNet-GAP)' in printed
   assert '(protocol cam_jax):' in printed
