@@ -19,8 +19,10 @@ Per image (ILSVRC_generate_heatmap.m, ILSVRC_evaluate_bbox.m, simpleEvaluation.m
 Differences from the release, named: the frame is `round(crop · 256 / 224)` for crops
 other than 224 and 227 (the small networks here); a mean image is the weights' centre
 crop subtracted from each crop (theirs subtracts the 256×256 mean before cropping); the
-ILSVRC blacklist of simpleEvaluation.m is not applied (our ilsvrc2012_loc has no such
-file); MATLAB's single-precision arithmetic is float64 here.
+ILSVRC blacklist of simpleEvaluation.m applies only when given (`blacklist_file`: the
+devkit's ILSVRC2014_clsloc_validation_blacklist.txt, 1-based positions in the split's
+order; those images count for classification only); MATLAB's single-precision arithmetic
+is float64 here.
 """
 
 from __future__ import annotations
@@ -99,6 +101,15 @@ def score_image(classes_5: np.ndarray, cams_10_5_hw: np.ndarray,
   return out
 
 
+def read_blacklist(path: str) -> set[int]:
+  """0-based positions from a file of 1-based image numbers, one per line."""
+  with open(path, encoding='utf-8') as f:
+    try:
+      return {int(line) - 1 for line in f if line.strip()}
+    except ValueError as e:
+      raise ValueError(f'{path}: expected one image number per line ({e})') from e
+
+
 def model_num_classes(model: nnx.Module) -> int:
   """The number of classes of a CAM network (its CAM kernel's columns)."""
   return int(models.cam_weights(model)[0].shape[1])
@@ -109,16 +120,19 @@ def evaluate_official(config: ml_collections.ConfigDict, model: nnx.Module,
                       num_examples: int | None = None,
                       thresholds: tuple[int, int, int] = cam_official.DEFAULT_THRESHOLDS,
                       jpeg_quality: int | None = None,
-                      batch_size: int = 16) -> dict[str, Any]:
+                      batch_size: int = 16,
+                      blacklist_file: str | None = None) -> dict[str, Any]:
   """The released protocol's numbers on `split` (default `config.data.eval_split`):
   `cls_top{1,5}_error` (ten crops), `loc_top{1..5}_error` (first box, Table 2),
   `loc_top{1..5}_error_second_box`, `loc_top{1..5}_error_heuristic` (Table 3), fractions;
   `num_images`, `num_images_with_boxes`. Summed over processes exactly. `batch_size`:
-  images per device pass (global; ten crops each)."""
+  images per device pass (global; ten crops each). `blacklist_file`: images (1-based
+  positions in the split) left out of localization, as simpleEvaluation.m does."""
   if models.cam_weights(model) is None:
     raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
                      'cam_official protocol needs CAMs')
   split = split or config.data.eval_split
+  blacklist = read_blacklist(blacklist_file) if blacklist_file else set()
   source, _ = data_lib.load_source(config.data, split)
   crop = config.data.image_size
   convention = conventions.from_config(config.data)
@@ -144,6 +158,8 @@ def evaluate_official(config: ml_collections.ConfigDict, model: nnx.Module,
     _, classes, cams = sharding.to_host(fn(state, arrays['crops']), mesh)
     for r, (ex, image) in enumerate(zip(examples, images)):
       gt = np.asarray(ex['boxes'], np.int64).reshape(-1, 4)
+      if rows[r] in blacklist:
+        gt = gt[:0]  # classification only
       errors = score_image(classes[r], cams[r], image.shape[:2], crop,
                            int(ex['label']), gt, tuple(thresholds), jpeg_quality)
       counts['num_images'] += 1
@@ -155,7 +171,8 @@ def evaluate_official(config: ml_collections.ConfigDict, model: nnx.Module,
   n, nb = counts['num_images'], counts['num_images_with_boxes']
   results: dict[str, Any] = {'protocol': 'cam_official', 'split': split, 'num_images': n,
                              'num_images_with_boxes': nb, 'thresholds': list(thresholds),
-                             'jpeg_quality': jpeg_quality}
+                             'jpeg_quality': jpeg_quality,
+                             'num_blacklisted': len(blacklist)}
   for k in range(1, TOP + 1):
     results[f'cls_top{k}_error'] = counts[f'cls_{k}'] / max(n, 1)
     if nb:

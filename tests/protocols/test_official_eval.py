@@ -57,6 +57,7 @@ def test_cam_official_evaluator_through_evaluate_and_report(tiny_data_dir, tmp_p
   assert results['wsol/box_acc_at_selected_tau'] <= results['wsol/max_box_acc']
   printed = capsys.readouterr().out
   assert 'official (cam_official):' in printed and 'paper (GoogLeNet-GAP)' in printed
+  assert 'Paper, Table 3 (ILSVRC test set' in printed
   assert '(protocol cam_jax):' in printed
 
 
@@ -112,3 +113,17 @@ def test_wsol_evaluator_scores_pxap_on_a_mask_dataset(tmp_path):
   (name, results), = evaluators.run_evaluators(config, model, sharding.make_mesh()).items()
   assert name == 'wsol' and results['num_images_with_boxes'] == 0
   assert 0 < results['pxap'] <= 1 and 'max_box_acc' not in results
+
+
+def test_cam_official_blacklist_counts_for_classification_only(tiny_data_dir, tmp_path):
+  config = synthetic_gap.get_config('tiny')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  (tmp_path / 'blacklist.txt').write_text('1\n3\n8\n')  # 1-based, as the devkit's file
+  model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0))
+  results = official_eval.evaluate_official(config, model, sharding.make_mesh(),
+                                            num_examples=8, batch_size=8,
+                                            blacklist_file=str(tmp_path / 'blacklist.txt'))
+  assert results['num_images'] == 8 and results['num_blacklisted'] == 3
+  assert results['num_images_with_boxes'] == 5
+  assert official_eval.read_blacklist(str(tmp_path / 'blacklist.txt')) == {0, 2, 7}
