@@ -32,7 +32,6 @@ instead (`cam_jax.saliency`), through the same box stage, for any network.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import jax
@@ -47,8 +46,6 @@ from cam_jax import box_stage
 from cam_jax import boxes as boxes_lib
 from cam_jax import cam as cam_lib
 from cam_jax import data as data_lib
-from cam_jax import evaluators
-from cam_jax import io_utils
 from cam_jax import models
 from cam_jax import saliency as saliency_lib
 from cam_jax import sharding
@@ -350,42 +347,3 @@ def format_protocol_table(numbers: dict[str, Any], paper_row: str | None = None)
 
 def format_brief(results: dict[str, Any]) -> str:
   return '  '.join(f'{k} {100 * results[k]:.2f}%' for k, _ in _ROWS if k in results)
-
-
-def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
-                        mesh: jax.sharding.Mesh, workdir: str, *, step: int,
-                        baselines: tuple[str, ...] = ()) -> dict[str, Any]:
-  """Full evaluation: eval.json, the printed table and the CAM pictures in workdir/cams/;
-  with `baselines` (saliency methods), their localization rows beside CAM's."""
-  results = evaluate(config, model, mesh, localization=True,
-                     num_examples=config.eval.get('num_examples'),
-                     num_pictures=config.eval.num_pictures)
-  pictures = results.pop('pictures', [])
-  results['step'] = step
-  for method in baselines:
-    # The same network, its maps from another method, through the same box stage.
-    baseline_config = config.copy_and_resolve_references()
-    baseline_config.eval.saliency = method
-    baseline = evaluate(baseline_config, model, mesh, localization=True,
-                        num_examples=config.eval.get('num_examples'))
-    results.update({f'{method}/{k}': baseline[k] for k in BASELINE_KEYS if k in baseline})
-  protocols = evaluators.run_evaluators(config, model, mesh,
-                                        num_examples=config.eval.get('num_examples'))
-  for name, numbers in protocols.items():
-    results.update({f'{name}/{k}': v for k, v in numbers.items()})
-  if jax.process_index() == 0:
-    io_utils.atomic_write_json(os.path.join(workdir, 'eval.json'), results)
-    for j, picture in enumerate(pictures):
-      viz.save_png(os.path.join(workdir, 'cams', f'{j:02d}.png'), picture)
-    # The paper's numbers are ten-crop numbers of the released pipeline: they are printed
-    # beside the cam_official evaluator's only, never beside this single-view protocol.
-    table = format_table(results)
-    print(f'\nEvaluation of {config.model.name} on {config.data.name}/'
-          f'{config.data.eval_split} at step {step} (protocol cam_jax):\n{table}\n',
-          flush=True)
-    for name, numbers in protocols.items():
-      print(f'{name} ({numbers.get("protocol")}):\n'
-            f'{format_protocol_table(numbers, config.eval.get("paper_row"))}\n', flush=True)
-    logging.info('Wrote %s and %d pictures in %s', os.path.join(workdir, 'eval.json'),
-                 len(pictures), os.path.join(workdir, 'cams'))
-  return results

@@ -4,23 +4,58 @@
   config.evals.wsol = dict(type='wsolevaluation', cam_curve_interval=0.001)
 
 Each entry names a registered evaluator (`EVALUATORS`) and its keyword arguments;
-`run_evaluators` runs them all on a model and returns their numbers as `NAME/metric`, which
-evaluate_and_report adds to eval.json and prints as one table each. Adding a protocol
-adds an entry here, never a line in the trainer.
+`run_evaluators` runs them all on a model and returns their numbers by name;
+`evaluate_and_report` (what training ends with and `--mode=evaluate` runs) writes the main
+evaluation (the `cam_jax` protocol, `cam_jax.evaluate`) and theirs, as `NAME/metric`, to
+eval.json and prints one table each. Adding a protocol adds an entry here, never a line
+in the trainer.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
 import ml_collections
+from absl import logging
 from flax import nnx
 
+from cam_jax import evaluate as evaluate_lib
+from cam_jax import io_utils
+from cam_jax import viz
 from cam_jax.protocols import official_eval
 from cam_jax.protocols import wsol_eval
 
+def cam_jax_protocol(config: ml_collections.ConfigDict, model: nnx.Module,
+                     mesh: jax.sharding.Mesh, *, split: str | None = None,
+                     num_examples: int | None = None, **eval_fields: Any) -> dict[str, Any]:
+  """Our protocol (`cam_jax.evaluate`) as an evaluator: on `split`, with fields of
+  `config.eval` overridden (e.g. `cam_threshold=0.3`, `saliency='gradcam'`)."""
+  config = config.copy_and_resolve_references()
+  for key, value in eval_fields.items():
+    if key not in config.eval:
+      raise ValueError(f'{key!r} is not a field of config.eval; the cam_jax evaluator takes '
+                       f'split, num_examples and: {", ".join(sorted(config.eval))}')
+    config.eval[key] = value
+  results = evaluate_lib.evaluate(config, model, mesh, localization=True,
+                                  num_examples=num_examples, split=split)
+  return {'protocol': 'cam_jax', **results}
+
+
+def classification(config: ml_collections.ConfigDict, model: nnx.Module,
+                   mesh: jax.sharding.Mesh, *, split: str | None = None,
+                   num_examples: int | None = None) -> dict[str, Any]:
+  """Top-1 and top-5 classification error on `split`, no maps."""
+  results = evaluate_lib.evaluate(config, model, mesh, localization=False,
+                                  num_examples=num_examples, split=split)
+  return {'protocol': 'classification', **results}
+
+
 EVALUATORS: dict[str, Callable[..., dict[str, Any]]] = {
+    # Ours (README, "Definitions"): one view, the original image grid, components.
+    'cam_jax': cam_jax_protocol,
+    'classification': classification,
     # zhoubolei/CAM's released pipeline: ten crops, MATLAB resizes, dt_box (Tables 2-3).
     'cam_official': official_eval.evaluate_official,
     # clovaai/wsolevaluation's MaxBoxAcc and MaxBoxAccV2 (OpenCV contours at 224).
@@ -38,7 +73,8 @@ def get_evaluator(kind: str) -> Callable[..., dict[str, Any]]:
 def run_evaluators(config: ml_collections.ConfigDict, model: nnx.Module,
                    mesh: jax.sharding.Mesh, *, num_examples: int | None = None
                    ) -> dict[str, dict[str, Any]]:
-  """`{name: results}` of every evaluator in `config.evals`, in the config's order."""
+  """`{name: results}` of every evaluator in `config.evals`, in name order (ConfigDict
+  sorts its keys)."""
   out = {}
   for name, spec in (config.get('evals') or {}).items():
     spec = dict(spec)
@@ -52,3 +88,44 @@ def run_evaluators(config: ml_collections.ConfigDict, model: nnx.Module,
     except TypeError as e:
       raise ValueError(f'config.evals.{name}: {e}') from e
   return out
+
+
+def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
+                        mesh: jax.sharding.Mesh, workdir: str, *, step: int,
+                        baselines: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Full evaluation: eval.json, the printed table and the CAM pictures in workdir/cams/;
+  with `baselines` (saliency methods), their localization rows beside CAM's."""
+  results = evaluate_lib.evaluate(config, model, mesh, localization=True,
+                     num_examples=config.eval.get('num_examples'),
+                     num_pictures=config.eval.num_pictures)
+  pictures = results.pop('pictures', [])
+  results['step'] = step
+  for method in baselines:
+    # The same network, its maps from another method, through the same box stage.
+    baseline_config = config.copy_and_resolve_references()
+    baseline_config.eval.saliency = method
+    baseline = evaluate_lib.evaluate(baseline_config, model, mesh, localization=True,
+                                     num_examples=config.eval.get('num_examples'))
+    results.update({f'{method}/{k}': baseline[k] for k in evaluate_lib.BASELINE_KEYS
+                    if k in baseline})
+  protocols = run_evaluators(config, model, mesh,
+                             num_examples=config.eval.get('num_examples'))
+  for name, numbers in protocols.items():
+    results.update({f'{name}/{k}': v for k, v in numbers.items()})
+  if jax.process_index() == 0:
+    io_utils.atomic_write_json(os.path.join(workdir, 'eval.json'), results)
+    for j, picture in enumerate(pictures):
+      viz.save_png(os.path.join(workdir, 'cams', f'{j:02d}.png'), picture)
+    # The paper's numbers are ten-crop numbers of the released pipeline: they are printed
+    # beside the cam_official evaluator's only, never beside this single-view protocol.
+    table = evaluate_lib.format_table(results)
+    print(f'\nEvaluation of {config.model.name} on {config.data.name}/'
+          f'{config.data.eval_split} at step {step} (protocol cam_jax):\n{table}\n',
+          flush=True)
+    for name, numbers in protocols.items():
+      print(f'{name} ({numbers.get("protocol")}):\n'
+            f'{evaluate_lib.format_protocol_table(numbers, config.eval.get("paper_row"))}\n',
+            flush=True)
+    logging.info('Wrote %s and %d pictures in %s', os.path.join(workdir, 'eval.json'),
+                 len(pictures), os.path.join(workdir, 'cams'))
+  return results

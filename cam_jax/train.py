@@ -31,6 +31,7 @@ from flax import nnx
 from cam_jax import checkpoints
 from cam_jax import data as data_lib
 from cam_jax import evaluate as evaluate_lib
+from cam_jax import evaluators
 from cam_jax import figures
 from cam_jax import metric_writers
 from cam_jax import models
@@ -531,7 +532,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --- Evaluate -----------------------------------------------------------------
   model = nnx.merge(graphdef, state)[0]
-  results = evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=total)
+  results = evaluators.evaluate_and_report(config, model, mesh, workdir, step=total)
   figures.write_evaluation_figures(config, model, mesh, workdir)
   return results
 
@@ -592,7 +593,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   mesh = sharding.make_mesh()
   _, info = data_lib.load_source(config.data, config.data.eval_split)
   model, step, config = restore_model(config, workdir, mesh, info.num_classes)
-  results = evaluate_lib.evaluate_and_report(config, model, mesh, workdir, step=step,
+  results = evaluators.evaluate_and_report(config, model, mesh, workdir, step=step,
                                             baselines=tuple(config.eval.get('baselines', ())))
   figures.write_evaluation_figures(config, model, mesh, workdir)
   return results

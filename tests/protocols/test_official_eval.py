@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cam_jax import evaluate
 from cam_jax import evaluators
 from cam_jax import models
 from cam_jax import sharding
@@ -38,7 +37,7 @@ def test_cam_official_evaluator_through_evaluate_and_report(tiny_data_dir, tmp_p
   config.evals.wsol.select_split = 'validation'
   config.eval.paper_row = 'GoogLeNet-GAP'
   model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0))
-  results = evaluate.evaluate_and_report(config, model, sharding.make_mesh(), str(tmp_path),
+  results = evaluators.evaluate_and_report(config, model, sharding.make_mesh(), str(tmp_path),
                                          step=0)
   assert results['official/num_images'] == 16 and results['official/protocol'] == 'cam_official'
   for k in range(1, 6):
@@ -67,7 +66,8 @@ def test_unknown_evaluator_type_is_named():
   try:
     evaluators.run_evaluators(config, None, None)
   except ValueError as e:
-    assert "Unknown evaluator type 'nope'; known: cam_official, wsolevaluation" in str(e)
+    assert ("Unknown evaluator type 'nope'; known: cam_jax, cam_official, classification, "
+            'wsolevaluation') in str(e)
   else:
     raise AssertionError('no error')
 
@@ -127,3 +127,20 @@ def test_cam_official_blacklist_counts_for_classification_only(tiny_data_dir, tm
   assert results['num_images'] == 8 and results['num_blacklisted'] == 3
   assert results['num_images_with_boxes'] == 5
   assert official_eval.read_blacklist(str(tmp_path / 'blacklist.txt')) == {0, 2, 7}
+
+
+def test_cam_jax_and_classification_as_evaluators(tiny_data_dir):
+  config = synthetic_gap.get_config('tiny')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  config.evals.val = dict(type='cam_jax', split='validation', cam_threshold=0.3,
+                          num_examples=16)
+  config.evals.cls = dict(type='classification', num_examples=16)
+  model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0))
+  out = evaluators.run_evaluators(config, model, sharding.make_mesh())
+  assert list(out) == ['cls', 'val']  # ConfigDict keeps its keys sorted
+  assert out['val']['split'] == 'validation' and out['val']['cam_threshold'] == 0.3
+  assert 'gt_known_loc_accuracy' in out['val'] and 'gt_known_loc_accuracy' not in out['cls']
+  config.evals.val.nonsense = 1
+  with pytest.raises(ValueError, match="'nonsense' is not a field of config.eval"):
+    evaluators.run_evaluators(config, model, sharding.make_mesh())
