@@ -312,7 +312,9 @@ def format_table(results: dict[str, Any], paper_row: str | None = None) -> str:
   if paper:
     head += f' paper ({paper_row}) |'
   lines = [head, '|---|---:|' + ('---:|' if paper else '')]
-  methods = sorted({k.split('/')[0] for k in results if '/' in k})
+  # The saliency baselines' rows; evaluators' numbers (`NAME/metric`) get tables of their own.
+  methods = sorted({k.split('/')[0] for k in results
+                    if '/' in k and k.split('/')[0] in saliency_lib.SALIENCY})
   rows = list(_ROWS) + [(f'{m}/{key}', f'{m}: {label}') for m in methods
                         for key, label in _ROWS if key in BASELINE_KEYS]
   for key, label in rows:

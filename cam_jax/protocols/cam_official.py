@@ -355,17 +355,18 @@ def merge_ten_crops(crop_maps_TSS: np.ndarray, square: int = SQUARE) -> np.ndarr
 
 
 def heat_map(crop_cams_Thw: np.ndarray, orig_hw: tuple[int, int], crop: int,
-             jpeg_quality: int | None = None) -> np.ndarray:
+             jpeg_quality: int | None = None, square: int = SQUARE) -> np.ndarray:
   """The 8-bit heat map ILSVRC_generate_heatmap.m writes for one class: each crop's CAM
   resized to the crop (`imresize`, bicubic), merged into the 256 frame
   (`merge_ten_crops`), resized to the original image (bicubic, antialiased when
   shrinking), divided by its maximum and converted to uint8 (`im2uint8`: negatives 0).
 
   `jpeg_quality`: also round-trip it through JPEG (theirs writes `.jpg`, MATLAB's default
-  quality 75, which `dt_box` reads back); None (default) skips it.
+  quality 75, which `dt_box` reads back); None (default) skips it. `square`: the frame
+  the crops came from (256 in the release).
   """
   crops = [imresize(m, (crop, crop)) for m in np.asarray(crop_cams_Thw, np.float64)]
-  merged = merge_ten_crops(np.stack(crops))
+  merged = merge_ten_crops(np.stack(crops), square)
   full = imresize(merged, tuple(orig_hw))
   peak = full.max()
   heat = im2uint8(full / peak if peak > 0 else full)

@@ -89,7 +89,8 @@ def score_image(classes_5: np.ndarray, cams_10_5_hw: np.ndarray,
     return out
   firsts, seconds = [], []
   for j in range(len(classes_5)):
-    heat = cam_official.heat_map(cams_10_5_hw[:, j], orig_hw, crop, jpeg_quality)
+    heat = cam_official.heat_map(cams_10_5_hw[:, j], orig_hw, crop, jpeg_quality,
+                                 frame_size(crop))
     first, second = cam_official.first_two(cam_official.dt_boxes(heat, thresholds), orig_hw)
     firsts.append(first)
     seconds.append(second)

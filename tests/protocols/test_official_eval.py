@@ -144,3 +144,18 @@ def test_cam_jax_and_classification_as_evaluators(tiny_data_dir):
   config.evals.val.nonsense = 1
   with pytest.raises(ValueError, match="'nonsense' is not a field of config.eval"):
     evaluators.run_evaluators(config, model, sharding.make_mesh())
+
+
+def test_a_blob_seen_through_ten_crops_is_boxed_where_it_is():
+  # A positive blob centred at (x, y) = (54, 17) of the 73×73 frame of a 64×64 image
+  # (crop 64): each crop sees its part, at the 32×32 map resolution. Merged back, resized
+  # to the image and boxed, the first box must hold the blob's centre, at
+  # (54, 17) · 64 / 73 = (47.3, 14.9) in the image.
+  yy, xx = np.mgrid[0:73, 0:73]
+  frame_map = np.exp(-(((xx - 54) / 8.0) ** 2 + ((yy - 17) / 8.0) ** 2))
+  crops = cam_official.ten_crops(frame_map[..., None], 64)[..., 0]
+  cams = crops.reshape(10, 32, 2, 32, 2).mean((2, 4))
+  heat = cam_official.heat_map(cams, (64, 64), 64, square=official_eval.frame_size(64))
+  assert np.unravel_index(heat.argmax(), heat.shape) == (15, 47)
+  x0, y0, x1, y1 = cam_official.corner_boxes(cam_official.dt_boxes(heat))[0]
+  assert x0 <= 47 <= x1 and y0 <= 15 <= y1
