@@ -334,9 +334,11 @@ def format_protocol_table(numbers: dict[str, Any], paper_row: str | None = None)
       f' paper ({paper_row}) |' if paper else '')
   lines = [head, '|---|---:|' + ('---:|' if paper else '')]
   for key, value in numbers.items():
-    if not isinstance(value, float):
+    if not isinstance(value, float) or key in ('cam_curve_interval',):
       continue
-    line = f'| {key} | {100 * value:.2f} |'
+    # Thresholds are values, not rates.
+    shown = f'τ = {value:.3f}' if key.endswith('_tau') else f'{100 * value:.2f}'
+    line = f'| {key} | {shown} |'
     if paper:
       line += f' {100 * paper[key]:.2f} |' if key in paper else ' |'
     lines.append(line)
