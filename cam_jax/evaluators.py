@@ -13,6 +13,7 @@ in the trainer.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Callable
 
@@ -83,10 +84,11 @@ def run_evaluators(config: ml_collections.ConfigDict, model: nnx.Module,
                        f'{", ".join(sorted(EVALUATORS))}')
     fn = get_evaluator(spec.pop('type'))
     spec.setdefault('num_examples', num_examples)
-    try:
-      out[name] = fn(config, model, mesh, **spec)
+    try:  # a misspelt argument is a config error, named before anything runs
+      inspect.signature(fn).bind(config, model, mesh, **spec)
     except TypeError as e:
       raise ValueError(f'config.evals.{name}: {e}') from e
+    out[name] = fn(config, model, mesh, **spec)
   return out
 
 
@@ -96,8 +98,8 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
   """Full evaluation: eval.json, the printed table and the CAM pictures in workdir/cams/;
   with `baselines` (saliency methods), their localization rows beside CAM's."""
   results = evaluate_lib.evaluate(config, model, mesh, localization=True,
-                     num_examples=config.eval.get('num_examples'),
-                     num_pictures=config.eval.num_pictures)
+                                  num_examples=config.eval.get('num_examples'),
+                                  num_pictures=config.eval.num_pictures)
   pictures = results.pop('pictures', [])
   results['step'] = step
   for method in baselines:

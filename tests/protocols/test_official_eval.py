@@ -159,3 +159,10 @@ def test_a_blob_seen_through_ten_crops_is_boxed_where_it_is():
   assert np.unravel_index(heat.argmax(), heat.shape) == (15, 47)
   x0, y0, x1, y1 = cam_official.corner_boxes(cam_official.dt_boxes(heat))[0]
   assert x0 <= 47 <= x1 and y0 <= 15 <= y1
+
+
+def test_a_misspelt_evaluator_argument_is_a_config_error():
+  config = synthetic_gap.get_config('tiny')
+  config.evals.official = dict(type='cam_official', treshold=(20, 100, 110))
+  with pytest.raises(ValueError, match="config.evals.official: .*'treshold'"):
+    evaluators.run_evaluators(config, None, None)
