@@ -72,10 +72,17 @@ def get_evaluator(kind: str) -> Callable[..., dict[str, Any]]:
 
 
 def run_evaluators(config: ml_collections.ConfigDict, model: nnx.Module,
-                   mesh: jax.sharding.Mesh, *, num_examples: int | None = None
+                   mesh: jax.sharding.Mesh, *, num_examples: int | None = None,
+                   during_training: bool = False, split: str | None = None
                    ) -> dict[str, dict[str, Any]]:
   """`{name: results}` of every evaluator in `config.evals`, in name order (ConfigDict
-  sorts its keys)."""
+  sorts its keys).
+
+  `during_training`: only the entries with `during_training=True`, each on `split` (the
+  selection split, never the reported one) and `num_examples` images, whatever the entry
+  says; their numbers join the training-time evaluation (metrics.jsonl, TensorBoard, and
+  `best_metric` may name one as `NAME/metric`). Without it, every entry runs as declared.
+  """
   out = {}
   for name, spec in (config.get('evals') or {}).items():
     spec = dict(spec)
@@ -83,6 +90,11 @@ def run_evaluators(config: ml_collections.ConfigDict, model: nnx.Module,
       raise ValueError(f'config.evals.{name} has no type; known types: '
                        f'{", ".join(sorted(EVALUATORS))}')
     fn = get_evaluator(spec.pop('type'))
+    if spec.pop('during_training', False):
+      if during_training:
+        spec.update(split=split, num_examples=num_examples)
+    elif during_training:
+      continue
     spec.setdefault('num_examples', num_examples)
     try:  # a misspelt argument is a config error, named before anything runs
       inspect.signature(fn).bind(config, model, mesh, **spec)
@@ -90,6 +102,13 @@ def run_evaluators(config: ml_collections.ConfigDict, model: nnx.Module,
       raise ValueError(f'config.evals.{name}: {e}') from e
     out[name] = fn(config, model, mesh, **spec)
   return out
+
+
+def scalars(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  """`NAME/metric` of the evaluators' numbers and strings (curves left out): what a
+  training-time record holds."""
+  return {f'{name}/{k}': v for name, numbers in results.items() for k, v in numbers.items()
+          if isinstance(v, (int, float, str))}
 
 
 def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,

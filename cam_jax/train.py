@@ -420,6 +420,10 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
           config, nnx.merge(graphdef, state)[0], mesh, localization=True,
           num_examples=config.get('eval_examples_during_training'), split=select_split)
       results.pop('pictures', None)
+      # The config's evaluators marked during_training=True, on the same images.
+      results.update(evaluators.scalars(evaluators.run_evaluators(
+          config, nnx.merge(graphdef, state)[0], mesh, during_training=True,
+          split=select_split, num_examples=config.get('eval_examples_during_training'))))
       logging.info('step %d eval of %s: %s', step, select_split,
                    evaluate_lib.format_brief(results))
       writer.write({'step': step, **results})

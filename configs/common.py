@@ -132,6 +132,8 @@ def get_common() -> ml_collections.ConfigDict:
   # each `config.evals.NAME = dict(type=..., **kwargs)`, its numbers as NAME/metric in
   # eval.json, e.g. the released ILSVRC pipeline of the paper's Tables 2-3:
   #   config.evals.official = dict(type='cam_official', thresholds=(20, 100, 110))
+  # `during_training=True` also runs one during training, on select_split and
+  # eval_examples_during_training images; `best_metric` may then name 'NAME/metric'.
   config.evals = ml_collections.ConfigDict()
 
   # Pictures (cam_jax.viz): the official code's look, jet at 0.3 over the image at 0.5.

@@ -166,3 +166,27 @@ def test_a_misspelt_evaluator_argument_is_a_config_error():
   config.evals.official = dict(type='cam_official', treshold=(20, 100, 110))
   with pytest.raises(ValueError, match="config.evals.official: .*'treshold'"):
     evaluators.run_evaluators(config, None, None)
+
+
+def test_an_evaluator_during_training_chooses_the_best_checkpoint(tiny_data_dir, tmp_path):
+  """Adding a metric to training is a config entry: wsolevaluation's MaxBoxAcc, on the
+  selection split during training, picks best/."""
+  import json  # pylint: disable=import-outside-toplevel
+  from cam_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
+  config = synthetic_gap.get_config('tiny')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  config.figures.enabled = False
+  config.eval.baselines = ()
+  config.evals.w = dict(type='wsolevaluation', cam_curve_interval=0.05, during_training=True)
+  config.best_metric = 'w/max_box_acc'
+  config.best_mode = 'max'
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['w/split'] == 'test'  # at the end: the reported split
+  with open(tmp_path / 'metrics.jsonl', encoding='utf-8') as f:
+    records = [json.loads(line) for line in f]
+  during = [r for r in records if 'w/max_box_acc' in r]
+  assert during and all(r['w/split'] == 'validation' for r in during)
+  assert all('w/box_acc_curve' not in r for r in during)  # curves stay out of the log
+  meta, _ = checkpoints.read_meta_at(str(tmp_path / 'best'))
+  assert meta['w/max_box_acc'] == max(r['w/max_box_acc'] for r in during)
