@@ -8,7 +8,9 @@ the boxes, on the original image through the eval window's inverse, and the coun
 centre baseline and classification are counted here.
 
 Metrics (fractions in [0, 1]):
-- `cls_top{1,5}_error`: the label is not among the top 1 / 5 classes.
+- `cls_top{1,5}_error`: the label is not among the top 1 / 5 classes;
+  `per_class_cls_top1_accuracy`: top-1 accuracy of each class's images (a list; None for
+  a class the split does not have), `per_class_num_images` their counts.
 - `loc_top{1,5}_error`: the paper's protocol: an image is correct at top-k if one of its
   top k classes is the label and that class's box (its map resized to the original
   image, `>= cam_threshold * max`, largest component) has IoU >= `iou_threshold` with
@@ -127,6 +129,9 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
   # exact and do not depend on how the images were split.
   counts = dict.fromkeys(['num_images', 'num_with_boxes', 'cls_top1', 'cls_top5', 'rel_h',
                           'rel_w', 'num_gt'], 0)
+  # Per class: images, and top-1 hits (eval.json's per-class accuracy).
+  class_images = np.zeros(info.num_classes, np.int64)
+  class_hits = np.zeros(info.num_classes, np.int64)
   gt = []  # (orig_hw, boxes) per image, for the centre baseline once the mean size is known
   pictures = []
   convention = conventions.from_config(config.data)
@@ -146,6 +151,8 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
       counts['num_images'] += n
       counts['cls_top1'] += int(hit_Bk[:, 0].sum())
       counts['cls_top5'] += int(hit_Bk.any(1).sum())
+      np.add.at(class_images, labels_B, 1)
+      np.add.at(class_hits, labels_B, hit_Bk[:, 0].astype(np.int64))
       if not localization:
         continue
       # The host's share: boxes and counts in worker processes, while the loop goes on
@@ -172,8 +179,12 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
       stage.cancel()
 
   # One exchange for every counter (the box stage's are named `<part>/<name>`).
-  totals = sharding.sum_across_processes({**counts, **loc_state})
+  per_class = {**{f'class_images/{c}': int(v) for c, v in enumerate(class_images)},
+               **{f'class_hits/{c}': int(v) for c, v in enumerate(class_hits)}}
+  totals = sharding.sum_across_processes({**counts, **loc_state, **per_class})
   counts = {k: totals[k] for k in counts}
+  class_images = [totals[f'class_images/{c}'] for c in range(len(class_images))]
+  class_hits = [totals[f'class_hits/{c}'] for c in range(len(class_hits))]
   loc_state = {k: totals[k] for k in loc_state}
   n = counts['num_images']
   if n == 0:
@@ -184,6 +195,10 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
       # (n - hits) / n, not 1 - hits / n: 7 errors in 1000 images read 0.007 exactly.
       'cls_top1_error': (n - counts['cls_top1']) / n,
       'cls_top5_error': (n - counts['cls_top5']) / n,
+      # Top-1 accuracy of each class's images (None for a class with none in the split).
+      'per_class_cls_top1_accuracy': [h / m if m else None
+                                      for h, m in zip(class_hits, class_images)],
+      'per_class_num_images': class_images,
   }
   if localization:
     loc = box_stage.Scores(params).result(loc_state)

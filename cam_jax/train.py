@@ -426,7 +426,9 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
           split=select_split, num_examples=config.get('eval_examples_during_training'))))
       logging.info('step %d eval of %s: %s', step, select_split,
                    evaluate_lib.format_brief(results))
-      writer.write({'step': step, **results})
+      # Per-class lists and curves stay in eval.json; the log keeps numbers and names.
+      writer.write({'step': step, **{k: v for k, v in results.items()
+                                     if not isinstance(v, (list, tuple))}})
       if best is not None and best.update(step, state, meta, results):
         logging.info('step %d: best %s so far (%.4f), saved in %s', step, best.metric,
                      best.value, best.manager.directory)

@@ -41,14 +41,16 @@ from cam_jax.protocols import wsolevaluation as wsol
 
 
 def make_label_cam_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
-  """`f(state, images, labels) -> CAMs B×h×w` of each image's label, jitted."""
+  """`f(state, images, labels) -> (CAMs B×h×w of each image's label, top-1 class B)`,
+  jitted."""
 
   def fn(state, images, labels):
     model = nnx.merge(graphdef, state)
-    _, aux = model(images, train=False)
+    logits, aux = model(images, train=False)
     kernel, _ = models.cam_weights(model)
-    return cam_lib.class_activation_maps(aux['features'], kernel,
+    cams = cam_lib.class_activation_maps(aux['features'], kernel,
                                          labels[:, None].astype(jnp.int32))[:, 0]
+    return cams, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
   batch = sharding.batch_sharding(mesh)
   return jax.jit(fn, in_shardings=(sharding.replicated(mesh), batch, batch),
@@ -81,6 +83,17 @@ def image_ious(cam_hw: np.ndarray, gt_M4: np.ndarray, orig_hw: tuple[int, int], 
 def pxap_bins(interval: float) -> np.ndarray:
   """MaskEvaluator's histogram edges: the τ grid, then 1, 2 and 3."""
   return np.append(wsol.thresholds(interval), [1.0, 2.0, 3.0])
+
+
+def pxap_curve(true_hist: np.ndarray, false_hist: np.ndarray) -> tuple[list, list]:
+  """The precision and recall MaskEvaluator.compute integrates, highest score first
+  (points where nothing is predicted foreground left out)."""
+  tp = np.asarray(true_hist, np.float64)[::-1].cumsum()
+  fp = np.asarray(false_hist, np.float64)[::-1].cumsum()
+  keep = (tp + fp) != 0
+  precision = tp[keep] / (tp[keep] + fp[keep])
+  recall = tp[keep] / max(float(np.sum(true_hist)), 1.0)
+  return [float(v) for v in precision], [float(v) for v in recall]
 
 
 def pxap_from_histograms(true_hist: np.ndarray, false_hist: np.ndarray) -> float:
@@ -119,13 +132,15 @@ def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
                                   max_boxes=config.data.max_boxes, num_examples=num_examples,
                                   crop='resize', convention=conventions.from_config(config.data),
                                   with_masks=with_masks, num_threads=config.data.num_threads)
-  correct = {'box_acc': np.zeros(len(taus), np.int64)}
+  # box_acc: the largest contour's box, IoU >= 0.5; top1_loc: that and a right top-1 class.
+  correct = {'box_acc': np.zeros(len(taus), np.int64),
+             'top1_loc': np.zeros(len(taus), np.int64)}
   correct.update({f'box_acc_v2_iou{d}': np.zeros(len(taus), np.int64) for d in iou_thresholds})
   counts = {'num_images': 0, 'num_images_with_boxes': 0}
   try:
     for b, n in batches:
       arrays = sharding.shard_batch({'image': b['image'], 'label': b['label']}, mesh)
-      cams = sharding.to_host(fn(state, arrays['image'], arrays['label']), mesh)
+      cams, top1 = sharding.to_host(fn(state, arrays['image'], arrays['label']), mesh)
       for i in range(n):
         counts['num_images'] += 1
         if with_masks:
@@ -139,6 +154,7 @@ def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
         counts['num_images_with_boxes'] += 1
         single, multi = image_ious(cams[i], gt, tuple(b['orig_hw'][i]), size, taus)
         correct['box_acc'] += single >= 0.5
+        correct['top1_loc'] += (single >= 0.5) & (top1[i] == b['label'][i])
         for d in iou_thresholds:
           correct[f'box_acc_v2_iou{d}'] += multi >= d / 100
   finally:
@@ -187,6 +203,9 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
                              'cam_curve_interval': cam_curve_interval}
   if curves['with_masks']:
     results['pxap'] = pxap_from_histograms(curves['true_hist'], curves['false_hist'])
+    precision, recall = pxap_curve(curves['true_hist'], curves['false_hist'])
+    results['pxap_precision_curve'] = precision
+    results['pxap_recall_curve'] = recall
   if not nb:
     return results
   v2, v2_selected = [], []
@@ -205,6 +224,9 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
     if key != 'box_acc':
       v2.append(acc.max())
   results['max_box_acc_v2'] = float(np.mean(v2))
+  # Top-1 localization as WSOL tables print it: at the τ of the best BoxAcc.
+  best = int(np.argmax(curves['box_acc']))
+  results['top1_loc'] = float(curves['top1_loc'][best] / nb)
   if v2_selected:
     results['box_acc_v2_at_selected_tau'] = float(np.mean(v2_selected))
     results['selected_on'] = select_split

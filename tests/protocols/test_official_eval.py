@@ -54,6 +54,14 @@ def test_cam_official_evaluator_through_evaluate_and_report(tiny_data_dir, tmp_p
   # The operating τ chosen on the validation split, the test split scored at it.
   assert results['wsol/selected_on'] == 'validation'
   assert results['wsol/box_acc_at_selected_tau'] <= results['wsol/max_box_acc']
+  assert 0 <= results['wsol/top1_loc'] <= results['wsol/max_box_acc']
+  per_class = results['per_class_cls_top1_accuracy']
+  assert len(per_class) == 4 and all(v is None or 0 <= v <= 1 for v in per_class)
+  # Weighted by their images, the per-class rates give back the overall one.
+  counts = results['per_class_num_images']
+  assert sum(counts) == 16
+  assert sum((a or 0) * m for a, m in zip(per_class, counts)) / 16 == pytest.approx(
+      1 - results['cls_top1_error'])
   printed = capsys.readouterr().out
   assert 'official (cam_official):' in printed and 'paper (GoogLeNet-GAP)' in printed
   assert 'Paper, Table 3 (ILSVRC test set' in printed
@@ -113,6 +121,8 @@ def test_wsol_evaluator_scores_pxap_on_a_mask_dataset(tmp_path):
   (name, results), = evaluators.run_evaluators(config, model, sharding.make_mesh()).items()
   assert name == 'wsol' and results['num_images_with_boxes'] == 0
   assert 0 < results['pxap'] <= 1 and 'max_box_acc' not in results
+  assert results['pxap_recall_curve'][-1] == 1.0
+  assert len(results['pxap_precision_curve']) == len(results['pxap_recall_curve'])
 
 
 def test_cam_official_blacklist_counts_for_classification_only(tiny_data_dir, tmp_path):
