@@ -23,6 +23,8 @@ reports MaxBoxAcc, which is GT-known localization at the best τ).
 
 from __future__ import annotations
 
+import io
+import os
 from typing import Any
 
 import jax
@@ -33,6 +35,7 @@ from flax import nnx
 
 from cam_jax import cam as cam_lib
 from cam_jax import data as data_lib
+from cam_jax import io_utils
 from cam_jax import models
 from cam_jax import sharding
 from cam_jax.data import conventions
@@ -113,12 +116,31 @@ def pxap_from_histograms(true_hist: np.ndarray, false_hist: np.ndarray) -> float
   return float((precision[1:] * np.diff(recall))[nonzero[1:]].sum())
 
 
+def scoremap_path(directory: str, example: dict[str, Any], index: int) -> str:
+  """Where a score map goes: `<directory>/<image file name>.npy` (wsolevaluation's
+  `scoremaps/<image_id>.npy`), or `<index>.npy` for examples without a file name."""
+  name = pipeline.example_name(example, index).replace('\\', '/').lstrip('/')
+  if '..' in name.split('/'):
+    name = str(index)
+  return os.path.join(directory, name + '.npy')
+
+
+def save_scoremap(path: str, scoremap_SS: np.ndarray) -> None:
+  """`np.save`, atomically (a crash never leaves half a map a re-scoring would read)."""
+  buffer = io.BytesIO()
+  np.save(buffer, scoremap_SS)
+  io_utils.atomic_write_bytes(path, buffer.getvalue())
+
+
 def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
                  mesh: jax.sharding.Mesh, split: str, num_examples: int | None,
-                 taus: np.ndarray, iou_thresholds: tuple[int, ...]) -> dict[str, Any]:
+                 taus: np.ndarray, iou_thresholds: tuple[int, ...],
+                 scoremap_dir: str | None = None) -> dict[str, Any]:
   """Counts over `split`, summed over processes: `num_images`, `num_images_with_boxes`,
   `box_acc` (T: the largest contour, IoU >= 0.5), `box_acc_v2_iou{d}` (T: every contour),
-  `true_hist`, `false_hist` (PxAP, mask datasets only)."""
+  `true_hist`, `false_hist` (PxAP, mask datasets only). With `scoremap_dir`, every
+  normalised S×S map is saved there (`scoremap_path`), as wsolevaluation saves them for
+  re-scoring with its evaluation.py."""
   source, info = data_lib.load_source(config.data, split)
   size = config.data.image_size
   with_masks = bool(info.has_masks)
@@ -143,6 +165,10 @@ def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
       cams, top1 = sharding.to_host(fn(state, arrays['image'], arrays['label']), mesh)
       for i in range(n):
         counts['num_images'] += 1
+        if scoremap_dir:
+          index = int(b['index'][i])
+          save_scoremap(scoremap_path(scoremap_dir, source[index], index),
+                        wsol.normalize_scoremap(wsol.resize_cam(cams[i], size)))
         if with_masks:
           scoremap = wsol.normalize_scoremap(wsol.resize_cam(cams[i], size))
           fg, ignore = b['mask'][i], b['ignore'][i]
@@ -175,7 +201,8 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
                   mesh: jax.sharding.Mesh, *, split: str | None = None,
                   num_examples: int | None = None, cam_curve_interval: float = 0.001,
                   iou_thresholds: tuple[int, ...] = (30, 50, 70),
-                  select_split: str | None = None) -> dict[str, Any]:
+                  select_split: str | None = None,
+                  scoremap_dir: str | None = None) -> dict[str, Any]:
   """MaxBoxAcc, MaxBoxAccV2 and PxAP on `split` (default `config.data.eval_split`), their
   way (module docstring); the whole image resized to `config.data.image_size`.
 
@@ -183,7 +210,8 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
   the PxAP precision/recall. With `select_split` (a split that is not the reported one,
   e.g. 'validation' or 'holdout'), each operating τ is chosen there and the reported split
   is scored at it too (`*_at_selected_tau`, `selected_tau*`), beside the max over τ that
-  Choe et al. report.
+  Choe et al. report. `scoremap_dir`: also save the reported split's normalised maps there
+  (`.npy`, one per image, as wsolevaluation does), to re-score them offline.
   """
   if models.cam_weights(model) is None:
     raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
@@ -193,7 +221,8 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
     raise ValueError(f'select_split={select_split!r} is the reported split: choose the '
                      'operating threshold on another one')
   taus = wsol.thresholds(cam_curve_interval)
-  curves = split_curves(config, model, mesh, split, num_examples, taus, iou_thresholds)
+  curves = split_curves(config, model, mesh, split, num_examples, taus, iou_thresholds,
+                        scoremap_dir)
   selected = (split_curves(config, model, mesh, select_split, num_examples, taus,
                            iou_thresholds) if select_split else None)
   nb = curves['num_images_with_boxes']

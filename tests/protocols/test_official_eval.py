@@ -200,3 +200,18 @@ def test_an_evaluator_during_training_chooses_the_best_checkpoint(tiny_data_dir,
   assert all('w/box_acc_curve' not in r for r in during)  # curves stay out of the log
   meta, _ = checkpoints.read_meta_at(str(tmp_path / 'best'))
   assert meta['w/max_box_acc'] == max(r['w/max_box_acc'] for r in during)
+
+
+def test_wsol_evaluator_saves_scoremaps_for_rescoring(tiny_data_dir, tmp_path):
+  config = synthetic_gap.get_config('tiny')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0))
+  wsol_eval.evaluate_wsol(config, model, sharding.make_mesh(), num_examples=16,
+                          cam_curve_interval=0.1, scoremap_dir=str(tmp_path / 'scoremaps'))
+  saved = sorted(p for p in (tmp_path / 'scoremaps').rglob('*.npy'))
+  assert len(saved) == 16
+  first = np.load(saved[0])
+  assert first.shape == (32, 32) and first.min() >= 0 and first.max() <= 1
+  assert wsol_eval.scoremap_path('/d', {'file_name': b'val/a.jpg'}, 3) == '/d/val/a.jpg.npy'
+  assert wsol_eval.scoremap_path('/d', {'file_name': '../x.jpg'}, 3) == '/d/3.npy'
