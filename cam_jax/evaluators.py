@@ -104,6 +104,28 @@ def run_evaluators(config: ml_collections.ConfigDict, model: nnx.Module,
   return out
 
 
+def curve_pictures(name: str, numbers: dict[str, Any]) -> dict[str, Any]:
+  """Plots of an evaluator's curves: BoxAcc(τ) (largest contour at IoU 0.5 and every
+  contour at each IoU) and PxAP's precision-recall, where it has them."""
+  pictures = {}
+  taus = None
+  box = {k: v for k, v in numbers.items() if k.endswith('_curve') and k.startswith('box_acc')}
+  if box:
+    step = numbers.get('cam_curve_interval') or 1 / len(next(iter(box.values())))
+    taus = [i * step for i in range(len(next(iter(box.values()))))]
+    labels = {k: k[:-len('_curve')].replace('box_acc_v2_iou', 'V2 IoU ').replace(
+        'box_acc', 'MaxBoxAcc IoU 50') for k in box}
+    pictures['box_acc'] = viz.curve_plot(
+        {labels[k]: (taus, v) for k, v in box.items()}, f'{name}: BoxAcc(tau)', 'tau',
+        'BoxAcc')
+  if 'pxap_precision_curve' in numbers:
+    pictures['pxap'] = viz.curve_plot(
+        {f'PxAP {100 * numbers["pxap"]:.1f}': (numbers['pxap_recall_curve'],
+                                                numbers['pxap_precision_curve'])},
+        f'{name}: pixel precision-recall', 'recall', 'precision')
+  return pictures
+
+
 def scalars(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
   """`NAME/metric` of the evaluators' numbers and strings (curves left out): what a
   training-time record holds."""
@@ -137,6 +159,9 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
     io_utils.atomic_write_json(os.path.join(workdir, 'eval.json'), results)
     for j, picture in enumerate(pictures):
       viz.save_png(os.path.join(workdir, 'cams', f'{j:02d}.png'), picture)
+    for name, numbers in protocols.items():
+      for kind, picture in curve_pictures(name, numbers).items():
+        viz.save_png(os.path.join(workdir, 'figures', f'{name}_{kind}.png'), picture)
     # The paper's numbers are ten-crop numbers of the released pipeline: they are printed
     # beside the cam_official evaluator's only, never beside this single-view protocol.
     table = evaluate_lib.format_table(results)

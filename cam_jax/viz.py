@@ -312,3 +312,50 @@ def save_png(path: str | os.PathLike, image_HW3: np.ndarray) -> None:
   buffer = io.BytesIO()
   Image.fromarray(_check_image(image_HW3)).save(buffer, format='PNG')
   io_utils.atomic_write_bytes(path, buffer.getvalue())
+
+
+# Line colours of `curve_plot`, one per curve in order (matplotlib's first tab10 colours).
+CURVE_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
+
+
+def curve_plot(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str,
+               x_label: str, y_label: str, size: tuple[int, int] = (480, 360)) -> np.ndarray:
+  """Curves `{name: (xs, ys)}`, both axes from 0 to 1, as a uint8 RGB picture: axes with
+  ticks at 0, 0.5, 1, one coloured polyline per curve, its name in the legend (top right),
+  the title above. Values outside [0, 1] are clipped to the frame. Text is ASCII (PIL's
+  default font has no Greek letters)."""
+  if not curves or len(curves) > len(CURVE_COLORS):
+    raise ValueError(f'curve_plot draws 1 to {len(CURVE_COLORS)} curves, got {len(curves)}')
+  width, height = size
+  left, right, top, bottom = 44, 12, 22, 34
+  image = Image.new('RGB', size, (255, 255, 255))
+  draw = ImageDraw.Draw(image)
+  font = ImageFont.load_default()
+  x0, y0, x1, y1 = left, top, width - right, height - bottom
+  to_px = lambda x, y: (x0 + float(np.clip(x, 0, 1)) * (x1 - x0),  # pylint: disable=unnecessary-lambda-assignment
+                        y1 - float(np.clip(y, 0, 1)) * (y1 - y0))
+  draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
+  for t in (0.0, 0.5, 1.0):
+    px, _ = to_px(t, 0)
+    _, py = to_px(0, t)
+    draw.line((px, y1, px, y1 + 4), fill=(0, 0, 0))
+    draw.text((px - 8, y1 + 6), f'{t:g}', fill=(0, 0, 0), font=font)
+    draw.line((x0 - 4, py, x0, py), fill=(0, 0, 0))
+    draw.text((x0 - 24, py - 6), f'{t:g}', fill=(0, 0, 0), font=font)
+  draw.text((x0, 4), title, fill=(0, 0, 0), font=font)
+  draw.text(((x0 + x1) // 2 - 3 * len(x_label), height - 14), x_label, fill=(0, 0, 0),
+            font=font)
+  draw.text((2, y0 - 14), y_label, fill=(0, 0, 0), font=font)
+  for k, (name, (xs, ys)) in enumerate(curves.items()):
+    if len(xs) != len(ys):
+      raise ValueError(f'curve {name!r}: {len(xs)} x values, {len(ys)} y values')
+    color = CURVE_COLORS[k]
+    points = [to_px(x, y) for x, y in zip(xs, ys)]
+    if len(points) > 1:
+      draw.line(points, fill=color, width=2)
+    elif points:
+      draw.ellipse((points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2),
+                   fill=color)
+    draw.line((x1 - 110, y0 + 10 + 12 * k, x1 - 94, y0 + 10 + 12 * k), fill=color, width=2)
+    draw.text((x1 - 90, y0 + 4 + 12 * k), name, fill=(0, 0, 0), font=font)
+  return np.asarray(image)

@@ -215,3 +215,18 @@ def test_wsol_evaluator_saves_scoremaps_for_rescoring(tiny_data_dir, tmp_path):
   assert first.shape == (32, 32) and first.min() >= 0 and first.max() <= 1
   assert wsol_eval.scoremap_path('/d', {'file_name': b'val/a.jpg'}, 3) == '/d/val/a.jpg.npy'
   assert wsol_eval.scoremap_path('/d', {'file_name': '../x.jpg'}, 3) == '/d/3.npy'
+
+
+def test_curve_pictures():
+  from cam_jax import viz  # pylint: disable=import-outside-toplevel
+  numbers = {'cam_curve_interval': 0.5, 'box_acc_curve': [0.2, 0.9],
+             'box_acc_v2_iou30_curve': [0.5, 1.0], 'pxap': 0.5,
+             'pxap_precision_curve': [1.0, 0.5], 'pxap_recall_curve': [0.5, 1.0]}
+  pictures = evaluators.curve_pictures('wsol', numbers)
+  assert set(pictures) == {'box_acc', 'pxap'}
+  picture = pictures['box_acc']
+  assert picture.shape == (360, 480, 3) and picture.dtype == np.uint8
+  # The first curve's colour is drawn; the plot is not blank.
+  assert (picture == viz.CURVE_COLORS[0]).all(-1).any()
+  with pytest.raises(ValueError, match='1 to 5 curves'):
+    viz.curve_plot({}, 't', 'x', 'y')
