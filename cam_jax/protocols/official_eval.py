@@ -27,7 +27,9 @@ is float64 here.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,7 @@ from flax import nnx
 
 from cam_jax import cam as cam_lib
 from cam_jax import data as data_lib
+from cam_jax import io_utils
 from cam_jax import models
 from cam_jax import sharding
 from cam_jax.data import conventions
@@ -81,25 +84,33 @@ def make_ten_crop_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, top: int =
 
 def score_image(classes_5: np.ndarray, cams_10_5_hw: np.ndarray,
                 orig_hw: tuple[int, int], crop: int, label: int, gt_M4: np.ndarray,
-                thresholds: tuple[int, int, int], jpeg_quality: int | None) -> dict[str, Any]:
-  """Errors of one image: `cls` (top-1..5), and, if it has boxes, `first`, `second` and
-  `combined` (top-1..5 localization errors, 0 or 1 each)."""
-  out = {'cls': np.asarray([int(label not in classes_5[:k]) for k in range(1, TOP + 1)])}
-  if len(gt_M4) == 0:
-    return out
-  firsts, seconds = [], []
-  for j in range(len(classes_5)):
-    heat = cam_official.heat_map(cams_10_5_hw[:, j], orig_hw, crop, jpeg_quality,
-                                 frame_size(crop))
-    first, second = cam_official.first_two(cam_official.dt_boxes(heat, thresholds), orig_hw)
-    firsts.append(first)
-    seconds.append(second)
+                threshold_sets: Sequence[tuple[int, int, int]],
+                jpeg_quality: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+  """Errors of one image: `cls` (top-1..5), and, if it has boxes, per threshold set s
+  `first/s`, `second/s` and `combined/s` (top-1..5 localization errors, 0 or 1 each); and
+  per threshold set the guesses (class, first and second box corners) for predictions.
+  Each class's heat map is made once for every threshold set."""
+  out: dict[str, Any] = {
+      'cls': np.asarray([int(label not in classes_5[:k]) for k in range(1, TOP + 1)])}
   classes = [int(c) for c in classes_5]
-  out['first'] = cam_official.localization_errors(list(zip(classes, firsts)), label, gt_M4)
-  out['second'] = cam_official.localization_errors(list(zip(classes, seconds)), label, gt_M4)
-  out['combined'] = cam_official.localization_errors(
-      cam_official.combined_guesses(classes, firsts, seconds), label, gt_M4)
-  return out
+  heats = [cam_official.heat_map(cams_10_5_hw[:, j], orig_hw, crop, jpeg_quality,
+                                 frame_size(crop)) for j in range(len(classes))]
+  guesses = []
+  for s, thresholds in enumerate(threshold_sets):
+    pairs = [cam_official.first_two(cam_official.dt_boxes(h, thresholds), orig_hw)
+             for h in heats]
+    firsts, seconds = [p[0] for p in pairs], [p[1] for p in pairs]
+    guesses.append({'classes': classes, 'first_boxes': [f.tolist() for f in firsts],
+                    'second_boxes': [b.tolist() for b in seconds]})
+    if len(gt_M4) == 0:
+      continue
+    out[f'first/{s}'] = cam_official.localization_errors(list(zip(classes, firsts)), label,
+                                                         gt_M4)
+    out[f'second/{s}'] = cam_official.localization_errors(list(zip(classes, seconds)), label,
+                                                          gt_M4)
+    out[f'combined/{s}'] = cam_official.localization_errors(
+        cam_official.combined_guesses(classes, firsts, seconds), label, gt_M4)
+  return out, guesses
 
 
 def read_blacklist(path: str) -> set[int]:
@@ -116,24 +127,15 @@ def model_num_classes(model: nnx.Module) -> int:
   return int(models.cam_weights(model)[0].shape[1])
 
 
-def evaluate_official(config: ml_collections.ConfigDict, model: nnx.Module,
-                      mesh: jax.sharding.Mesh, *, split: str | None = None,
-                      num_examples: int | None = None,
-                      thresholds: tuple[int, int, int] = cam_official.DEFAULT_THRESHOLDS,
-                      jpeg_quality: int | None = None,
-                      batch_size: int = 16,
-                      blacklist_file: str | None = None) -> dict[str, Any]:
-  """The released protocol's numbers on `split` (default `config.data.eval_split`):
-  `cls_top{1,5}_error` (ten crops), `loc_top{1..5}_error` (first box, Table 2),
-  `loc_top{1..5}_error_second_box`, `loc_top{1..5}_error_heuristic` (Table 3), fractions;
-  `num_images`, `num_images_with_boxes`. Summed over processes exactly. `batch_size`:
-  images per device pass (global; ten crops each). `blacklist_file`: images (1-based
-  positions in the split) left out of localization, as simpleEvaluation.m does."""
-  if models.cam_weights(model) is None:
-    raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
-                     'cam_official protocol needs CAMs')
-  split = split or config.data.eval_split
-  blacklist = read_blacklist(blacklist_file) if blacklist_file else set()
+def _split_counts(config: ml_collections.ConfigDict, model: nnx.Module,
+                  mesh: jax.sharding.Mesh, split: str, num_examples: int | None,
+                  threshold_sets: Sequence[tuple[int, int, int]], jpeg_quality: int | None,
+                  batch_size: int, blacklist: set[int],
+                  predictions_file: str | None) -> dict[str, int]:
+  """The counts of `evaluate_official` on `split` for every threshold set (keys
+  `<kind>_<k>/<set>`), summed over processes; with `predictions_file`, one JSON line per
+  image (the first threshold set's boxes), written by process 0 from every process's
+  part once all are done."""
   source, _ = data_lib.load_source(config.data, split)
   crop = config.data.image_size
   convention = conventions.from_config(config.data)
@@ -146,8 +148,11 @@ def evaluate_official(config: ml_collections.ConfigDict, model: nnx.Module,
   longest_share = -(-total // count)
   num_batches = -(-longest_share // batch)  # every process makes the same (collective) calls
   counts = {'num_images': 0, 'num_images_with_boxes': 0}
-  for key in ('cls', 'first', 'second', 'combined'):
-    counts.update({f'{key}_{k}': 0 for k in range(1, TOP + 1)})
+  counts.update({f'cls_{k}': 0 for k in range(1, TOP + 1)})
+  for kind in ('first', 'second', 'combined'):
+    counts.update({f'{kind}_{k}/{s}': 0 for k in range(1, TOP + 1)
+                   for s in range(len(threshold_sets))})
+  lines = []
   for b in range(num_batches):
     rows = mine[b * batch:(b + 1) * batch]
     examples = [source[i] for i in rows]
@@ -156,29 +161,92 @@ def evaluate_official(config: ml_collections.ConfigDict, model: nnx.Module,
     blank = np.zeros((10, crop, crop, 3), np.float32)
     crops += [crops[-1] if crops else blank] * (batch - len(crops))
     arrays = sharding.shard_batch({'crops': np.stack(crops)}, mesh)
-    _, classes, cams = sharding.to_host(fn(state, arrays['crops']), mesh)
+    probs, classes, cams = sharding.to_host(fn(state, arrays['crops']), mesh)
     for r, (ex, image) in enumerate(zip(examples, images)):
       gt = np.asarray(ex['boxes'], np.int64).reshape(-1, 4)
       if rows[r] in blacklist:
         gt = gt[:0]  # classification only
-      errors = score_image(classes[r], cams[r], image.shape[:2], crop,
-                           int(ex['label']), gt, tuple(thresholds), jpeg_quality)
+      errors, guesses = score_image(classes[r], cams[r], image.shape[:2], crop,
+                                    int(ex['label']), gt, threshold_sets, jpeg_quality)
       counts['num_images'] += 1
       counts['num_images_with_boxes'] += int(len(gt) > 0)
       for key, values in errors.items():
+        kind, _, s = key.partition('/')
         for k, v in enumerate(values, 1):
-          counts[f'{key}_{k}'] += int(v)
-  counts = sharding.sum_across_processes(counts)
+          counts[f'{kind}_{k}/{s}' if s else f'{kind}_{k}'] += int(v)
+      if predictions_file:
+        lines.append({'index': rows[r], 'file': pipeline.example_name(ex, rows[r]),
+                      'label': int(ex['label']), 'height': int(image.shape[0]),
+                      'width': int(image.shape[1]),
+                      'scores': [float(probs[r][c]) for c in guesses[0]['classes']],
+                      **guesses[0]})
+  if predictions_file:
+    part = f'{predictions_file}.part-{index}-of-{count}'
+    io_utils.atomic_write_text(part, ''.join(json.dumps(line) + '\n' for line in lines))
+  totals = sharding.sum_across_processes(counts)  # also: every part is written
+  if predictions_file and index == 0:
+    merged = []
+    for p in range(count):
+      part = f'{predictions_file}.part-{p}-of-{count}'
+      with open(part, encoding='utf-8') as f:
+        merged += [json.loads(line) for line in f]
+      os.remove(part)
+    merged.sort(key=lambda line: line['index'])
+    io_utils.atomic_write_text(predictions_file,
+                               ''.join(json.dumps(line) + '\n' for line in merged))
+  return totals
+
+
+def evaluate_official(config: ml_collections.ConfigDict, model: nnx.Module,
+                      mesh: jax.sharding.Mesh, *, split: str | None = None,
+                      num_examples: int | None = None,
+                      thresholds: tuple[int, int, int] = cam_official.DEFAULT_THRESHOLDS,
+                      jpeg_quality: int | None = None,
+                      batch_size: int = 16,
+                      blacklist_file: str | None = None,
+                      select_split: str | None = None,
+                      threshold_choices: Sequence[tuple[int, int, int]] = (),
+                      predictions_file: str | None = None) -> dict[str, Any]:
+  """The released protocol's numbers on `split` (default `config.data.eval_split`):
+  `cls_top{1,5}_error` (ten crops), `loc_top{1..5}_error` (first box, Table 2),
+  `loc_top{1..5}_error_second_box`, `loc_top{1..5}_error_heuristic` (Table 3), fractions;
+  `num_images`, `num_images_with_boxes`. Summed over processes exactly.
+
+  `batch_size`: images per device pass (global; ten crops each). `blacklist_file`: images
+  (1-based positions in the split) left out of localization, as simpleEvaluation.m does.
+  `select_split` with `threshold_choices` (dt_box threshold triples): the triple with the
+  lowest top-1 localization error on that split (which must not be the reported one) is
+  used, and named (`selected_thresholds`, `selected_on`); otherwise `thresholds`, the
+  released 20, 100, 110. `predictions_file`: one JSON line per image (classes, scores,
+  first and second boxes as corners), for scoring offline.
+  """
+  if models.cam_weights(model) is None:
+    raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
+                     'cam_official protocol needs CAMs')
+  split = split or config.data.eval_split
+  blacklist = read_blacklist(blacklist_file) if blacklist_file else set()
+  chosen = tuple(int(t) for t in thresholds)
+  results: dict[str, Any] = {'protocol': 'cam_official', 'split': split}
+  if select_split:
+    if select_split == split:
+      raise ValueError(f'select_split={select_split!r} is the reported split: choose the '
+                       'thresholds on another one')
+    choices = [tuple(int(t) for t in c) for c in (threshold_choices or (thresholds,))]
+    sel = _split_counts(config, model, mesh, select_split, num_examples, choices,
+                        jpeg_quality, batch_size, set(), None)
+    errors = [sel[f'first_1/{s}'] for s in range(len(choices))]
+    chosen = choices[int(np.argmin(errors))]  # the first of equals: the order given
+    results.update(selected_thresholds=list(chosen), selected_on=select_split,
+                   threshold_choices=[list(c) for c in choices])
+  counts = _split_counts(config, model, mesh, split, num_examples, [chosen], jpeg_quality,
+                         batch_size, blacklist, predictions_file)
   n, nb = counts['num_images'], counts['num_images_with_boxes']
-  results: dict[str, Any] = {'protocol': 'cam_official', 'split': split, 'num_images': n,
-                             'num_images_with_boxes': nb, 'thresholds': list(thresholds),
-                             'jpeg_quality': jpeg_quality,
-                             'num_blacklisted': len(blacklist)}
+  results.update({'num_images': n, 'num_images_with_boxes': nb, 'thresholds': list(chosen),
+                  'jpeg_quality': jpeg_quality, 'num_blacklisted': len(blacklist)})
   for k in range(1, TOP + 1):
     results[f'cls_top{k}_error'] = counts[f'cls_{k}'] / max(n, 1)
     if nb:
-      results[f'loc_top{k}_error'] = counts[f'first_{k}'] / nb
-      results[f'loc_top{k}_error_second_box'] = counts[f'second_{k}'] / nb
-      results[f'loc_top{k}_error_heuristic'] = counts[f'combined_{k}'] / nb
+      results[f'loc_top{k}_error'] = counts[f'first_{k}/0'] / nb
+      results[f'loc_top{k}_error_second_box'] = counts[f'second_{k}/0'] / nb
+      results[f'loc_top{k}_error_heuristic'] = counts[f'combined_{k}/0'] / nb
   return results
-

@@ -230,3 +230,32 @@ def test_curve_pictures():
   assert (picture == viz.CURVE_COLORS[0]).all(-1).any()
   with pytest.raises(ValueError, match='1 to 5 curves'):
     viz.curve_plot({}, 't', 'x', 'y')
+
+
+def test_cam_official_thresholds_chosen_on_another_split_and_predictions(tiny_data_dir,
+                                                                          tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  config = synthetic_gap.get_config('tiny')
+  config.data.data_dir = tiny_data_dir
+  config.data.prepare = False
+  model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0))
+  mesh = sharding.make_mesh()
+  choices = ((20, 100, 110), (60, 120, 200))
+  results = official_eval.evaluate_official(
+      config, model, mesh, num_examples=8, batch_size=8, select_split='validation',
+      threshold_choices=choices, predictions_file=str(tmp_path / 'pred.jsonl'))
+  assert results['selected_on'] == 'validation'
+  assert tuple(results['selected_thresholds']) in choices
+  assert results['thresholds'] == results['selected_thresholds']
+  # The choice is the one with the lowest top-1 error on validation: check by scoring it.
+  on_val = [official_eval.evaluate_official(config, model, mesh, split='validation',
+                                            num_examples=8, batch_size=8,
+                                            thresholds=c)['loc_top1_error'] for c in choices]
+  assert tuple(results['selected_thresholds']) == choices[int(np.argmin(on_val))]
+  with open(tmp_path / 'pred.jsonl', encoding='utf-8') as f:
+    lines = [json.loads(line) for line in f]
+  assert [line['index'] for line in lines] == list(range(8))
+  assert len(lines[0]['classes']) == 4 and len(lines[0]['first_boxes'][0]) == 4
+  assert not list(tmp_path.glob('pred.jsonl.part-*'))
+  with pytest.raises(ValueError, match='is the reported split'):
+    official_eval.evaluate_official(config, model, mesh, select_split='test')
