@@ -301,6 +301,15 @@ PAPER_TABLE3: dict[str, dict[str, float]] = {
 }
 
 
+# Choe et al. (CVPR 2020), Table 2: MaxBoxAccV2 of CAM (as fractions), printed beside the
+# wsolevaluation evaluator's number when it names a row (`choe_row`).
+CHOE_ROWS: dict[str, dict[str, float]] = {
+    'ImageNet VGG': {'max_box_acc_v2': 0.600}, 'ImageNet Inception': {'max_box_acc_v2': 0.634},
+    'ImageNet ResNet50': {'max_box_acc_v2': 0.637}, 'CUB VGG': {'max_box_acc_v2': 0.637},
+    'CUB Inception': {'max_box_acc_v2': 0.567}, 'CUB ResNet50': {'max_box_acc_v2': 0.630},
+}
+
+
 def paper_numbers(row: str | None) -> dict[str, float]:
   """`{metric key: value}` of a paper row; raises listing the rows if unknown."""
   if not row:
@@ -344,9 +353,16 @@ def format_table(results: dict[str, Any], paper_row: str | None = None) -> str:
 def format_protocol_table(numbers: dict[str, Any], paper_row: str | None = None) -> str:
   """An evaluator's numbers in percent; for `cam_official`, the paper's row beside them
   (Table 2: classification and localization top-1/top-5 error)."""
-  paper = paper_numbers(paper_row) if numbers.get('protocol') == 'cam_official' else {}
+  paper, source = {}, ''
+  if numbers.get('protocol') == 'cam_official':
+    paper, source = paper_numbers(paper_row), f'paper ({paper_row})'
+  elif numbers.get('protocol') == 'wsolevaluation' and numbers.get('choe_row'):
+    row = numbers['choe_row']
+    if row not in CHOE_ROWS:
+      raise ValueError(f'choe_row={row!r}; known rows: {", ".join(CHOE_ROWS)}')
+    paper, source = CHOE_ROWS[row], f'Choe et al. ({row})'
   head = f'| metric ({numbers.get("num_images")} images) | % |' + (
-      f' paper ({paper_row}) |' if paper else '')
+      f' {source} |' if paper else '')
   lines = [head, '|---|---:|' + ('---:|' if paper else '')]
   for key, value in numbers.items():
     if not isinstance(value, float) or key in ('cam_curve_interval',):

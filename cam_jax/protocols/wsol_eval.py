@@ -202,7 +202,8 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
                   num_examples: int | None = None, cam_curve_interval: float = 0.001,
                   iou_thresholds: tuple[int, ...] = (30, 50, 70),
                   select_split: str | None = None,
-                  scoremap_dir: str | None = None) -> dict[str, Any]:
+                  scoremap_dir: str | None = None,
+                  choe_row: str | None = None) -> dict[str, Any]:
   """MaxBoxAcc, MaxBoxAccV2 and PxAP on `split` (default `config.data.eval_split`), their
   way (module docstring); the whole image resized to `config.data.image_size`.
 
@@ -211,7 +212,8 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
   e.g. 'validation' or 'holdout'), each operating τ is chosen there and the reported split
   is scored at it too (`*_at_selected_tau`, `selected_tau*`), beside the max over τ that
   Choe et al. report. `scoremap_dir`: also save the reported split's normalised maps there
-  (`.npy`, one per image, as wsolevaluation does), to re-score them offline.
+  (`.npy`, one per image, as wsolevaluation does), to re-score them offline. `choe_row`
+  (e.g. 'ImageNet VGG', `evaluate.CHOE_ROWS`): Choe et al.'s number printed beside ours.
   """
   if models.cam_weights(model) is None:
     raise ValueError(f'{type(model).__name__} has a fully connected classifier: the '
@@ -230,6 +232,8 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
                              'num_images': curves['num_images'],
                              'num_images_with_boxes': nb,
                              'cam_curve_interval': cam_curve_interval}
+  if choe_row:
+    results['choe_row'] = choe_row
   if curves['with_masks']:
     results['pxap'] = pxap_from_histograms(curves['true_hist'], curves['false_hist'])
     precision, recall = pxap_curve(curves['true_hist'], curves['false_hist'])

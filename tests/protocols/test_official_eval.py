@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cam_jax import evaluate
 from cam_jax import evaluators
 from cam_jax import models
 from cam_jax import sharding
@@ -259,3 +260,12 @@ def test_cam_official_thresholds_chosen_on_another_split_and_predictions(tiny_da
   assert not list(tmp_path.glob('pred.jsonl.part-*'))
   with pytest.raises(ValueError, match='is the reported split'):
     official_eval.evaluate_official(config, model, mesh, select_split='test')
+
+
+def test_choe_row_is_printed_beside_wsolevaluation_only():
+  numbers = {'protocol': 'wsolevaluation', 'num_images': 10, 'max_box_acc_v2': 0.5,
+             'choe_row': 'ImageNet VGG'}
+  table = evaluate.format_protocol_table(numbers)
+  assert 'Choe et al. (ImageNet VGG)' in table and '| max_box_acc_v2 | 50.00 | 60.00 |' in table
+  with pytest.raises(ValueError, match='known rows'):
+    evaluate.format_protocol_table({**numbers, 'choe_row': 'ImageNet AlexNet'})
