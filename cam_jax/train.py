@@ -37,9 +37,9 @@ from cam_jax import metric_writers
 from cam_jax import models
 from cam_jax import sharding
 from cam_jax import workdir_lock
-from cam_jax.pretrained import weights as pretrained_weights
 from cam_jax.data import conventions
 from cam_jax.data import pipeline
+from cam_jax.pretrained import weights as pretrained_weights
 
 TrainState = Any  # nnx.State of (model, optimizer)
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -416,14 +416,15 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       meta = checkpoints.checkpoint_meta(config, info.num_classes, step, info.class_names)
 
     if eval_now:
+      model = nnx.merge(graphdef, state)[0]
       results = evaluate_lib.evaluate(
-          config, nnx.merge(graphdef, state)[0], mesh, localization=True,
+          config, model, mesh, localization=True,
           num_examples=config.get('eval_examples_during_training'), split=select_split)
       results.pop('pictures', None)
       # The config's evaluators marked during_training=True, on the same images.
       results.update(evaluators.scalars(evaluators.run_evaluators(
-          config, nnx.merge(graphdef, state)[0], mesh, during_training=True,
-          split=select_split, num_examples=config.get('eval_examples_during_training'))))
+          config, model, mesh, during_training=True, split=select_split,
+          num_examples=config.get('eval_examples_during_training'))))
       logging.info('step %d eval of %s: %s', step, select_split,
                    evaluate_lib.format_brief(results))
       # Per-class lists and curves stay in eval.json; the log keeps numbers and names.
