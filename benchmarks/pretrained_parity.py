@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import platform
-import struct
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ from cam_jax.data import conventions  # pylint: disable=wrong-import-position
 from cam_jax.localize import restore_for_inference  # pylint: disable=wrong-import-position
 from cam_jax import sharding  # pylint: disable=wrong-import-position
 from configs import common  # pylint: disable=wrong-import-position
+from tests.pretrained import caffe_wire  # pylint: disable=wrong-import-position
 
 _NETWORKS = flags.DEFINE_list('networks', ['alexnet', 'vgg16', 'googlenet'],
                               'torchvision networks to check.')
@@ -112,33 +112,11 @@ def check_torchvision(name: str, workdir: str, batch: int) -> dict[str, float]:
 # Caffe layers
 # ---------------------------------------------------------------------------
 
-def _varint(n: int) -> bytes:
-  out = b''
-  while True:
-    byte, n = n & 0x7F, n >> 7
-    out += bytes([byte | (0x80 if n else 0)])
-    if not n:
-      return out
-
-
-def _field(number: int, payload: bytes) -> bytes:
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _blob(array: np.ndarray) -> bytes:
-  shape = b''.join(_varint(d) for d in array.shape)
-  data = np.asarray(array, '<f4').tobytes()
-  return _field(7, _field(1, shape)) + _field(5, data)
-
-
 def _caffemodel(name: str, layers: list[tuple[str, str, list[np.ndarray]]]) -> bytes:
-  """A NetParameter with V2 layers (field 100), written from Caffe's field numbers."""
-  body = _field(1, name.encode())
-  for layer_name, kind, blobs in layers:
-    layer = _field(1, layer_name.encode()) + _field(2, kind.encode())
-    layer += b''.join(_field(7, _blob(b)) for b in blobs)
-    body += _field(100, layer)
-  return body
+  """A NetParameter with V2 layers, written from Caffe's field numbers (tests' encoder)."""
+  return caffe_wire.str_field(caffe_wire.NET_NAME, name) + b''.join(
+      caffe_wire.v2_layer(layer_name, kind, *[caffe_wire.blob(b) for b in blobs])
+      for layer_name, kind, blobs in layers)
 
 
 def check_caffe_alexnet(workdir: str, batch: int) -> dict[str, float]:

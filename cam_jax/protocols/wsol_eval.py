@@ -60,24 +60,30 @@ def make_label_cam_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
                  out_shardings=batch)
 
 
-def image_ious(cam_hw: np.ndarray, gt_M4: np.ndarray, orig_hw: tuple[int, int], size: int,
+def scoremap_of(cam_hw: np.ndarray, size: int) -> np.ndarray:
+  """The map their evaluation reads: the CAM resized to size×size, min-max normalised."""
+  return wsol.normalize_scoremap(wsol.resize_cam(cam_hw, size))
+
+
+def image_ious(scoremap_SS: np.ndarray, gt_M4: np.ndarray, orig_hw: tuple[int, int],
                taus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """`(single_T, multi_T)`: per τ, the IoU of the largest contour's box and the best IoU
-  of every contour's box with the ground truth, as BoxEvaluator.accumulate computes them.
+  of every contour's box with the ground truth (resized to the map's grid), as
+  BoxEvaluator.accumulate computes them from a `scoremap_of` map.
 
   A τ's boxes depend only on the integer threshold `int(τ · max)`, so each distinct one is
   boxed once.
   """
-  scoremap = wsol.normalize_scoremap(wsol.resize_cam(cam_hw, size))
+  size = scoremap_SS.shape[0]
   gt = np.asarray([wsol.resize_box(b, (orig_hw[1], orig_hw[0]), (size, size)) for b in gt_M4])
-  peak = int(np.max((scoremap * 255).astype(np.uint8)))
+  peak = int(np.max((scoremap_SS * 255).astype(np.uint8)))
   single, multi = np.zeros(len(taus)), np.zeros(len(taus))
   done: dict[int, tuple[float, float]] = {}
   for t, tau in enumerate(taus):
     key = int(tau * peak)
     if key not in done:
-      (one,) = wsol.scoremap_boxes(scoremap, [tau])
-      (every,) = wsol.scoremap_boxes(scoremap, [tau], multi_contour=True)
+      (one,) = wsol.scoremap_boxes(scoremap_SS, [tau])
+      (every,) = wsol.scoremap_boxes(scoremap_SS, [tau], multi_contour=True)
       done[key] = (wsol.multiple_iou(one, gt).max(), wsol.multiple_iou(every, gt).max())
     single[t], multi[t] = done[key]
   return single, multi
@@ -134,7 +140,7 @@ def save_scoremap(path: str, scoremap_SS: np.ndarray) -> None:
 
 def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
                  mesh: jax.sharding.Mesh, split: str, num_examples: int | None,
-                 taus: np.ndarray, iou_thresholds: tuple[int, ...],
+                 cam_curve_interval: float, iou_thresholds: tuple[int, ...],
                  scoremap_dir: str | None = None) -> dict[str, Any]:
   """Counts over `split`, summed over processes: `num_images`, `num_images_with_boxes`,
   `box_acc` (T: the largest contour, IoU >= 0.5), `box_acc_v2_iou{d}` (T: every contour),
@@ -144,7 +150,8 @@ def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
   source, info = data_lib.load_source(config.data, split)
   size = config.data.image_size
   with_masks = bool(info.has_masks)
-  edges = pxap_bins(float(taus[1] - taus[0]) if len(taus) > 1 else 1.0)
+  taus = wsol.thresholds(cam_curve_interval)
+  edges = pxap_bins(cam_curve_interval)
   true_hist = np.zeros(len(edges) - 1, np.int64)
   false_hist = np.zeros(len(edges) - 1, np.int64)
   graphdef, state = nnx.split(model)
@@ -165,12 +172,11 @@ def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
       cams, top1 = sharding.to_host(fn(state, arrays['image'], arrays['label']), mesh)
       for i in range(n):
         counts['num_images'] += 1
+        scoremap = scoremap_of(cams[i], size)
         if scoremap_dir:
           index = int(b['index'][i])
-          save_scoremap(scoremap_path(scoremap_dir, source[index], index),
-                        wsol.normalize_scoremap(wsol.resize_cam(cams[i], size)))
+          save_scoremap(scoremap_path(scoremap_dir, source[index], index), scoremap)
         if with_masks:
-          scoremap = wsol.normalize_scoremap(wsol.resize_cam(cams[i], size))
           fg, ignore = b['mask'][i], b['ignore'][i]
           true_hist += np.histogram(scoremap[fg], bins=edges)[0]
           false_hist += np.histogram(scoremap[~fg & ~ignore], bins=edges)[0]
@@ -178,7 +184,7 @@ def split_curves(config: ml_collections.ConfigDict, model: nnx.Module,
         if len(gt) == 0:
           continue
         counts['num_images_with_boxes'] += 1
-        single, multi = image_ious(cams[i], gt, tuple(b['orig_hw'][i]), size, taus)
+        single, multi = image_ious(scoremap, gt, tuple(b['orig_hw'][i]), taus)
         correct['box_acc'] += single >= 0.5
         correct['top1_loc'] += (single >= 0.5) & (top1[i] == b['label'][i])
         for d in iou_thresholds:
@@ -223,10 +229,10 @@ def evaluate_wsol(config: ml_collections.ConfigDict, model: nnx.Module,
     raise ValueError(f'select_split={select_split!r} is the reported split: choose the '
                      'operating threshold on another one')
   taus = wsol.thresholds(cam_curve_interval)
-  curves = split_curves(config, model, mesh, split, num_examples, taus, iou_thresholds,
-                        scoremap_dir)
-  selected = (split_curves(config, model, mesh, select_split, num_examples, taus,
-                           iou_thresholds) if select_split else None)
+  curves = split_curves(config, model, mesh, split, num_examples, cam_curve_interval,
+                        iou_thresholds, scoremap_dir)
+  selected = (split_curves(config, model, mesh, select_split, num_examples,
+                           cam_curve_interval, iou_thresholds) if select_split else None)
   nb = curves['num_images_with_boxes']
   results: dict[str, Any] = {'protocol': 'wsolevaluation', 'split': split,
                              'num_images': curves['num_images'],

@@ -17,6 +17,7 @@ from cam_jax.models import googlenet
 from cam_jax.pretrained import layer_maps
 from cam_jax.pretrained import weights
 from cam_jax.pretrained.errors import WeightsFileError
+from tests.pretrained import caffe_wire
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 
@@ -39,39 +40,16 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
     f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
 
 
-def _varint(n: int) -> bytes:
-  out = b''
-  while True:
-    byte, n = n & 0x7F, n >> 7
-    out += bytes([byte | (0x80 if n else 0)])
-    if not n:
-      return out
-
-
-def _field(number: int, payload: bytes) -> bytes:
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _v1_blob(array: np.ndarray) -> bytes:
-  """A V1-era BlobProto: legacy num/channels/height/width (varints 1-4), packed data."""
-  dims = (1,) * (4 - array.ndim) + tuple(array.shape)
-  legacy = b''.join(_varint(n << 3) + _varint(d) for n, d in zip((1, 2, 3, 4), dims))
-  return legacy + _field(5, np.ascontiguousarray(array, '<f4').tobytes())
-
-
 def write_v1_caffemodel(path: str, name: str,
                         layers: list[tuple[str, int, list[np.ndarray]]]) -> None:
-  """A NetParameter with V1 `layers` (field 2): name (4), type enum (5), blobs (6)."""
-  body = _field(1, name.encode())
+  """A NetParameter with V1 `layers`, each blob in the legacy num/channels/height/width
+  form (shapes padded to 4-D with leading 1s)."""
+  body = caffe_wire.str_field(caffe_wire.NET_NAME, name)
   for layer_name, kind, blobs in layers:
-    layer = _field(4, layer_name.encode()) + _varint(5 << 3) + _varint(kind)
-    layer += b''.join(_field(6, _v1_blob(b)) for b in blobs)
-    body += _field(2, layer)
+    body += caffe_wire.v1_layer(layer_name, kind, *[
+        caffe_wire.blob(b, legacy=(1,) * (4 - b.ndim) + tuple(b.shape)) for b in blobs])
   with open(path, 'wb') as f:
     f.write(body)
-
-
-_CONVOLUTION, _INNER_PRODUCT, _RELU = 4, 14, 18
 
 
 # ---------------------------------------------------------------------------
@@ -282,9 +260,10 @@ def caffe_alexnet_file(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('caffe') / 'bvlc_alexnet.caffemodel')
   layers = []
   for name in spec:
-    layers += [(name, _CONVOLUTION, blobs[name]), (f'relu{name[-1]}', _RELU, [])]
-  layers.append(('fc8', _INNER_PRODUCT, [rng.normal(size=(10, 9216)).astype(np.float32),
-                                         np.zeros(10, np.float32)]))
+    layers += [(name, caffe_wire.V1_CONVOLUTION, blobs[name]),
+               (f'relu{name[-1]}', caffe_wire.V1_RELU, [])]
+  layers.append(('fc8', caffe_wire.V1_INNER_PRODUCT,
+                 [rng.normal(size=(10, 9216)).astype(np.float32), np.zeros(10, np.float32)]))
   write_v1_caffemodel(path, 'AlexNet', layers)
   return path, blobs
 

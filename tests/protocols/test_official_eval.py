@@ -89,7 +89,8 @@ def test_wsol_ious_of_one_block():
   # 81 and 64, IoU 64 / 81.
   cam = np.zeros((32, 32))
   cam[8:16, 4:12] = 1.0
-  single, multi = wsol_eval.image_ious(cam, np.array([[4, 8, 11, 15]]), (32, 32), 32,
+  single, multi = wsol_eval.image_ious(wsol_eval.scoremap_of(cam, 32),
+                                       np.array([[4, 8, 11, 15]]), (32, 32),
                                        np.array([0.0, 0.5, 0.99]))
   np.testing.assert_allclose(single, 64 / 81)
   np.testing.assert_allclose(multi, 64 / 81)
