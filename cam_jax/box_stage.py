@@ -61,16 +61,19 @@ class BoxParams:
   box_threshold_step: float = 0.01  # τ grid of MaxBoxAcc/V2
   pxap_threshold_step: float = 0.001
   with_masks: bool = False
+  num_classes: int = 0  # > 0: per-class counts (`class/<key>`, arrays over the classes)
+  records: bool = False  # one record per image (`records`; predictions.jsonl)
 
   @classmethod
-  def from_config(cls, eval_config: Any, input_size: int, with_masks: bool) -> BoxParams:
+  def from_config(cls, eval_config: Any, input_size: int, with_masks: bool,
+                  num_classes: int = 0, records: bool = False) -> BoxParams:
     tight, loose = eval_config.get('heuristic_thresholds', (0.5, 0.2))
     return cls(input_size=input_size, cam_threshold=float(eval_config.cam_threshold),
                iou_threshold=float(eval_config.iou_threshold),
                heuristic_thresholds=(float(tight), float(loose)),
                box_threshold_step=float(eval_config.get('box_threshold_step', 0.01)),
                pxap_threshold_step=float(eval_config.get('pxap_threshold_step', 0.001)),
-               with_masks=with_masks)
+               with_masks=with_masks, num_classes=int(num_classes), records=bool(records))
 
 
 # ---------------------------------------------------------------------------
@@ -226,29 +229,54 @@ def from_fixed(count: int) -> float:
   return count / FIXED_POINT_ONE
 
 
+# Per-class counts (`params.num_classes > 0`): images with boxes, and the paper's top-1
+# and GT-known hits among them.
+CLASS_KEYS = ('num_images_with_boxes', 'loc_top1', 'gt_known')
+
+
 class Scores:
   """Every localization count of a set of images: the paper's and the WSOL metrics',
-  all integers (`paper/gt_known_iou` in units of 2**-32)."""
+  all integers (`paper/gt_known_iou` in units of 2**-32); per class with
+  `params.num_classes`, and each image's record with `params.records` (a list, which
+  sums by concatenation)."""
 
   def __init__(self, params: BoxParams):
     self.params = params
     self.paper = dict.fromkeys(PAPER_KEYS, 0)
+    self.per_class = {k: np.zeros(params.num_classes, np.int64) for k in CLASS_KEYS
+                      } if params.num_classes else {}
+    self.records: list[dict[str, Any]] = []
     self.wsol = WsolScores(params.box_threshold_step, params.pxap_threshold_step,
                            params.with_masks)
 
   def add(self, classes_k: np.ndarray, label: int, maps_Thw: np.ndarray, gt_M4: np.ndarray,
           window_4: np.ndarray, orig_hw: tuple[int, int], mask_SS: np.ndarray | None = None,
-          ignore_SS: np.ndarray | None = None) -> None:
-    """One image (arguments as `score_paper`'s; mask and ignore on the S×S input)."""
+          ignore_SS: np.ndarray | None = None, record: dict[str, Any] | None = None
+          ) -> None:
+    """One image (arguments as `score_paper`'s; mask and ignore on the S×S input).
+    `record` (with `params.records`): what is known of the image already (index, scores),
+    to which its boxes and hits are added."""
+    hits = {}
     if len(gt_M4):
-      for key, value in score_paper(classes_k, label, maps_Thw, gt_M4, window_4, orig_hw,
-                                    self.params).items():
+      hits = score_paper(classes_k, label, maps_Thw, gt_M4, window_4, orig_hw, self.params)
+      for key, value in hits.items():
         self.paper[key] += to_fixed(value) if key == 'gt_known_iou' else int(value)
+      if self.per_class:
+        self.per_class['num_images_with_boxes'][label] += 1
+        self.per_class['loc_top1'][label] += int(hits['loc_top1'])
+        self.per_class['gt_known'][label] += int(hits['gt_known'])
     self.wsol.add(on_input_grid(maps_Thw[-1], self.params.input_size), gt_M4, window_4,
                   orig_hw, mask_SS, ignore_SS)
+    if self.params.records:
+      self.records.append(image_record(classes_k, label, maps_Thw, window_4, orig_hw,
+                                       self.params, hits, record or {}))
 
   def state(self) -> dict[str, Any]:
-    return {**{f'paper/{k}': v for k, v in self.paper.items()}, **self.wsol.state()}
+    state = {**{f'paper/{k}': v for k, v in self.paper.items()}, **self.wsol.state(),
+             **{f'class/{k}': v for k, v in self.per_class.items()}}
+    if self.params.records:
+      state['records'] = list(self.records)
+    return state
 
   def result(self, summed_state: Mapping[str, Any]) -> dict[str, Any]:
     """The WSOL metrics and the paper's counts (`paper/<key>`, sums over images)."""
@@ -258,17 +286,38 @@ class Scores:
     return out
 
 
+def image_record(classes_k: np.ndarray, label: int, maps_Thw: np.ndarray,
+                 window_4: np.ndarray, orig_hw: tuple[int, int], params: BoxParams,
+                 hits: Mapping[str, float], known: Mapping[str, Any]) -> dict[str, Any]:
+  """One image's line of predictions.jsonl: `known` (index, scores), the label, the top-k
+  classes, the box of each class whose map was computed (`boxes`, the first T - 1 of
+  the top k) and the label's box (`gt_known_box`), at `cam_threshold` on the original
+  image as `[x0, y0, x1, y1]` (inclusive), and the image's hits (0/1; none without
+  ground-truth boxes)."""
+  box_of = lambda m: paper_boxes_on_original(m, window_4, orig_hw,
+                                             (params.cam_threshold,))[0].tolist()
+  record = {**known, 'label': int(label), 'height': int(orig_hw[0]),
+            'width': int(orig_hw[1]), 'top_k': [int(c) for c in classes_k],
+            'boxes': [box_of(m) for m in maps_Thw[:-1]], 'gt_known_box': box_of(maps_Thw[-1])}
+  record.update({k: (float(v) if k == 'gt_known_iou' else int(v)) for k, v in hits.items()})
+  return record
+
+
 def score_chunk(params: BoxParams, images: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """`Scores.state()` of a chunk of images: arrays over the images of `classes_Bk`,
   `label`, `maps_BThw`, `boxes` (padded; `num_boxes` real rows), `window`, `orig_hw`, and
-  with masks `mask` and `ignore` (S×S). The task a worker runs."""
+  with masks `mask` and `ignore` (S×S); with `params.records`, `index` and `scores_Bk`
+  (the top-k classes' probabilities) for the records. The task a worker runs."""
   scores = Scores(params)
   for i in range(len(images['label'])):
+    known = ({'index': int(images['index'][i]),
+              'scores': [float(p) for p in images['scores_Bk'][i]]}
+             if params.records else None)
     scores.add(images['classes_Bk'][i], int(images['label'][i]), images['maps_BThw'][i],
                images['boxes'][i, :images['num_boxes'][i]], images['window'][i],
                tuple(int(v) for v in images['orig_hw'][i]),
                images['mask'][i] if 'mask' in images else None,
-               images['ignore'][i] if 'ignore' in images else None)
+               images['ignore'][i] if 'ignore' in images else None, known)
   return scores.state()
 
 

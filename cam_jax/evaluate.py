@@ -25,8 +25,16 @@ Metrics (fractions in [0, 1]):
   component's box at IoU 0.5, MaxBoxAccV2 the best of every component's box at IoU 0.3,
   0.5 and 0.7, each at its own best τ. Boxes come from `box_sweep` (one pass per map,
   identical to labelling at each τ) and are scored in the original image.
+- Per class (lists over the classes; None for a class without images with boxes):
+  `per_class_loc_top1_accuracy`, `per_class_gt_known_loc_accuracy`,
+  `per_class_num_images_with_boxes`.
 - `pxap` (datasets with masks): average precision of the normalised map's pixels against
   the foreground mask on the network's input grid, ignore pixels left out.
+
+With `eval.predictions_file`, one JSON line per image goes there (`box_stage.image_record`:
+index in the split, label, size, top-k classes with their probabilities, each top-k
+class's box and the label's box on the original image, the image's hits), for re-scoring
+or inspection offline.
 
 The maps are CAMs by default; `eval.saliency` picks backprop saliency or Grad-CAM
 instead (`cam_jax.saliency`), through the same box stage, for any network.
@@ -115,10 +123,15 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
                     "localize with it).", type(model).__name__)
     localization = False
   graphdef, state = nnx.split(model)
+  predictions_file = ev.get('predictions_file') or None
+  records = localization and bool(predictions_file)
+  # The records hold every top-k class's box, so they need every top-k class's map.
   predict = make_predict_fn(graphdef, mesh, top_k=top_k,
-                            saliency=method if localization else None, map_top=1)
+                            saliency=method if localization else None,
+                            map_top=top_k if records else 1)
   with_masks = localization and info.has_masks
-  params = box_stage.BoxParams.from_config(ev, size, with_masks)
+  params = box_stage.BoxParams.from_config(ev, size, with_masks,
+                                           num_classes=info.num_classes, records=records)
   stage = box_stage.BoxStage(params, ev.get('box_workers', -1)) if localization else None
   process_batch = sharding.check_batch_size(ev.batch_size, mesh, 'eval.batch_size')
   # What the box stage reads of a batch, besides the device's outputs.
@@ -157,8 +170,13 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
         continue
       # The host's share: boxes and counts in worker processes, while the loop goes on
       # to the next batch.
-      stage.submit({'classes_Bk': out['classes_Bk'][:n], 'maps_BThw': out['maps_BThw'][:n],
-                    **{k: batch[k][:n] for k in keys}})
+      chunk = {'classes_Bk': out['classes_Bk'][:n], 'maps_BThw': out['maps_BThw'][:n],
+               **{k: batch[k][:n] for k in keys}}
+      if records:
+        probs_BC = special.softmax(out['logits_BC'][:n].astype(np.float64), axis=-1)
+        chunk.update(index=batch['index'][:n],
+                     scores_Bk=np.take_along_axis(probs_BC, out['classes_Bk'][:n], 1))
+      stage.submit(chunk)
       for i in range(n):
         orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
         gt_M4 = batch['boxes'][i, :batch['num_boxes'][i]]
@@ -178,6 +196,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
     if stage is not None:
       stage.cancel()
 
+  image_records = loc_state.pop('records', [])
   # One exchange for every counter (the box stage's are named `<part>/<name>`).
   per_class = {**{f'class_images/{c}': int(v) for c, v in enumerate(class_images)},
                **{f'class_hits/{c}': int(v) for c, v in enumerate(class_hits)}}
@@ -205,6 +224,17 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
     # PxAP even where there are no boxes.
     results.update({k: v for k, v in loc.items() if not k.startswith('paper/')})
     results['saliency'] = method
+    # Top-1 and GT-known localization accuracy of each class's images with boxes (None
+    # for a class with none).
+    boxed_C = loc_state['class/num_images_with_boxes']
+    for key, name in (('loc_top1', 'per_class_loc_top1_accuracy'),
+                      ('gt_known', 'per_class_gt_known_loc_accuracy')):
+      results[name] = [int(h) / int(m) if m else None
+                       for h, m in zip(loc_state[f'class/{key}'], boxed_C)]
+    results['per_class_num_images_with_boxes'] = [int(m) for m in boxed_C]
+    if records:
+      sharding.write_jsonl_from_processes(predictions_file, image_records)
+      results['predictions_file'] = predictions_file
   n_boxed = counts['num_with_boxes']
   if localization and n_boxed == 0:
     # OpenImages in the WSOL layout has masks, not boxes; a train split may have neither.

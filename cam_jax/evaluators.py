@@ -137,7 +137,12 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
                         mesh: jax.sharding.Mesh, workdir: str, *, step: int,
                         baselines: tuple[str, ...] = ()) -> dict[str, Any]:
   """Full evaluation: eval.json, the printed table and the CAM pictures in workdir/cams/;
-  with `baselines` (saliency methods), their localization rows beside CAM's."""
+  with `baselines` (saliency methods), their localization rows beside CAM's. A relative
+  `eval.predictions_file` is under `workdir`."""
+  predictions = config.eval.get('predictions_file')
+  if predictions and not os.path.isabs(predictions):
+    config = config.copy_and_resolve_references()
+    config.eval.predictions_file = os.path.join(workdir, predictions)
   results = evaluate_lib.evaluate(config, model, mesh, localization=True,
                                   num_examples=config.eval.get('num_examples'),
                                   num_pictures=config.eval.num_pictures)

@@ -8,13 +8,16 @@ outside the jitted steps (counts, barriers) goes through the helpers here.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cam_jax import io_utils
 
 DATA_AXIS = 'data'
 
@@ -168,3 +171,29 @@ def _check_count(key: str, value: Any) -> np.ndarray:
   if array.size and (array.min() < 0 or array.max() >= MAX_COUNT):
     raise ValueError(f'counter {key!r} must be in [0, 2**62), got {array.min()}..{array.max()}')
   return array
+
+
+def write_jsonl_from_processes(path: str, records: Sequence[Mapping[str, Any]],
+                               sort_key: str = 'index') -> None:
+  """Every process's `records` into one JSON-lines file, one record a line in
+  `sort_key` order. A collective: each process writes its part beside `path` (a folder
+  every process sees), and once all are written process 0 merges them into `path`
+  atomically and removes them, so that a reader never sees a partial file."""
+  index, count = jax.process_index(), jax.process_count()
+  part = f'{path}.part-{index}-of-{count}'
+  io_utils.atomic_write_text(part, ''.join(json.dumps(r) + '\n' for r in records))
+  sum_across_processes({'parts': 1})  # a barrier: every part is on disk past it
+  if index != 0:
+    return
+  merged = []
+  for p in range(count):
+    part = f'{path}.part-{p}-of-{count}'
+    if not os.path.exists(part):
+      raise FileNotFoundError(f'{part} (the records of process {p}) is missing: {path} must '
+                              'be in a folder every process sees')
+    with open(part, encoding='utf-8') as f:
+      merged += [json.loads(line) for line in f]
+  merged.sort(key=lambda r: r[sort_key])
+  io_utils.atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in merged))
+  for p in range(count):
+    os.remove(f'{path}.part-{p}-of-{count}')

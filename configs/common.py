@@ -124,6 +124,9 @@ def get_common() -> ml_collections.ConfigDict:
   config.eval.box_threshold_step = 0.01  # τ grid of MaxBoxAcc/V2 (Choe et al.: 0.01)
   config.eval.pxap_threshold_step = 0.001  # score grid of PxAP (wsolevaluation: 0.001)
   config.eval.num_pictures = 12  # CAM figures written to workdir/cams/.
+  # A path: one JSON line per image (top-k classes, probabilities, boxes, hits), written
+  # atomically at the end of the evaluation; '' writes none.
+  config.eval.predictions_file = ''
   # Processes that box and score the maps while the device runs the next batch
   # (cam_jax.box_stage): -1 one per host core, 0 none (in the main process).
   config.eval.box_workers = -1

@@ -234,7 +234,7 @@ def _random_images(n, rng, size=16, with_masks=True):
 
 def test_worker_processes_give_the_same_totals_as_the_main_process():
   rng = np.random.default_rng(0)
-  params = box_stage.BoxParams(16, box_threshold_step=0.05, with_masks=True)
+  params = box_stage.BoxParams(16, box_threshold_step=0.05, with_masks=True, num_classes=3)
   batches = [_random_images(n, rng) for n in (13, 8, 5)]
   totals = []
   for workers in (0, 2):
@@ -257,6 +257,31 @@ def test_worker_processes_give_the_same_totals_as_the_main_process():
     np.testing.assert_array_equal(totals[0][key], value, err_msg=key)
     assert np.asarray(value).dtype.kind == 'i', key
   assert totals[0]['box/num_images'] == 26
+  # Per class: the classes' counts add up to the totals.
+  assert totals[0]['class/num_images_with_boxes'].sum() == 26
+  assert totals[0]['class/gt_known'].sum() == totals[0]['paper/gt_known']
+  assert totals[0]['class/loc_top1'].sum() == totals[0]['paper/loc_top1']
+
+
+def test_records_come_back_in_submission_order_from_the_workers():
+  rng = np.random.default_rng(1)
+  params = box_stage.BoxParams(16, box_threshold_step=0.25, records=True)
+  images = _random_images(19, rng, with_masks=False)
+  images['index'] = np.arange(100, 119)
+  images['scores_Bk'] = rng.random((19, 2))
+  got = []
+  for workers in (0, 2):
+    stage = box_stage.BoxStage(params, workers)
+    stage.submit(images)
+    got.append(stage.finish()['records'])
+  assert got[0] == got[1]
+  assert [r['index'] for r in got[0]] == list(range(100, 119))
+  for i, r in enumerate(got[0]):
+    # Each record's box is the paper box of that class's map, as scored.
+    expected = box_stage.paper_boxes_on_original(images['maps_BThw'][i, 0],
+                                                 images['window'][i], (24, 32), (0.2,))[0]
+    assert r['boxes'][0] == expected.tolist() and r['top_k'] == images['classes_Bk'][i].tolist()
+    assert r['scores'] == images['scores_Bk'][i].tolist()
 
 
 def test_a_workers_error_reaches_the_caller():

@@ -1,5 +1,6 @@
 """evaluate(): classification-only and saliency paths end to end, and the report formatting."""
 
+import json
 import multiprocessing
 
 import jax.numpy as jnp
@@ -125,6 +126,19 @@ def _hand_examples():
   ]
 
 
+def _evaluate_hand(monkeypatch, num_pictures=0, **eval_fields):
+  examples = _hand_examples()
+  info = SourceInfo(name='hand', num_classes=3, class_names=('r', 'g', 'b'), has_masks=False)
+  monkeypatch.setattr(evaluate.data_lib, 'load_source', lambda data, split: (examples, info))
+  config = synthetic_gap.get_config('tiny')
+  config.data.image_size = 8
+  config.eval.top_k = 2
+  config.eval.batch_size = 8
+  config.eval.update(eval_fields)
+  return evaluate.evaluate(config, _ChannelGAP(), sharding.make_mesh(),
+                           num_pictures=num_pictures)
+
+
 def test_every_metric_by_hand(monkeypatch):
   """Three 8×8 images seen at 8×8 (boxes and maps keep their pixels), classes 0, 1, 2 =
   channels R, G, B; top_k = 2.
@@ -150,14 +164,7 @@ def test_every_metric_by_hand(monkeypatch):
     C 36/64 = 0.5625 (hit) -> 1/3; every τ in (0, 1) keeps the block: A, B hit, C 4/36
     misses -> 2/3 at τ = 0.01. V2: δ 0.3 and 0.5: 2/3 (τ > 0); δ 0.7: 2/3 -> 2/3.
   """
-  examples = _hand_examples()
-  info = SourceInfo(name='hand', num_classes=3, class_names=('r', 'g', 'b'), has_masks=False)
-  monkeypatch.setattr(evaluate.data_lib, 'load_source', lambda data, split: (examples, info))
-  config = synthetic_gap.get_config('tiny')
-  config.data.image_size = 8
-  config.eval.top_k = 2
-  config.eval.batch_size = 8
-  got = evaluate.evaluate(config, _ChannelGAP(), sharding.make_mesh(), num_pictures=1)
+  got = _evaluate_hand(monkeypatch, num_pictures=1)
   expected = {
       'num_images': 4, 'num_images_with_boxes': 3, 'num_images_without_boxes': 1,
       'cls_top1_error': 1 / 4, 'cls_top5_error': 0.0,
@@ -173,6 +180,38 @@ def test_every_metric_by_hand(monkeypatch):
   assert got['split'] == 'test'  # the reported split is named
   assert 'pxap' not in got  # no masks
   assert len(got['pictures']) == 1
+
+
+def test_per_class_accuracy_and_predictions_by_hand(monkeypatch, tmp_path):
+  """The hand images of the test above, per class and image by image.
+
+  Classes 0 (A, D), 1 (B), 2 (C). Top-1 classification: A, D, C right -> [1, 0, 1].
+  Images with boxes: A, B, C -> [1, 1, 1]; top-1 localization: A only -> [1, 0, 0];
+  GT-known: A, B -> [1, 1, 0].
+  Records: A's top 2 are R (its box the block (1, 1, 4, 4)) and G (10 everywhere: the
+  whole image); B's are R (40 everywhere: whole) and G (its block (4, 4, 7, 7)); the
+  probabilities are the softmax of the channel means (A: 50, 10, 0).
+  """
+  path = tmp_path / 'predictions.jsonl'
+  got = _evaluate_hand(monkeypatch, predictions_file=str(path))
+  assert got['per_class_cls_top1_accuracy'] == [1.0, 0.0, 1.0]
+  assert got['per_class_num_images_with_boxes'] == [1, 1, 1]
+  assert got['per_class_loc_top1_accuracy'] == [1.0, 0.0, 0.0]
+  assert got['per_class_gt_known_loc_accuracy'] == [1.0, 1.0, 0.0]
+  lines = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [r['index'] for r in lines] == [0, 1, 2, 3]
+  a, b, c, d = lines
+  assert (a['label'], a['top_k'], a['height'], a['width']) == (0, [0, 1], 8, 8)
+  assert a['boxes'] == [[1, 1, 4, 4], [0, 0, 7, 7]] and a['gt_known_box'] == [1, 1, 4, 4]
+  probs = np.exp([50.0, 10.0, 0.0]) / np.exp([50.0, 10.0, 0.0]).sum()
+  np.testing.assert_allclose(a['scores'], probs[:2], rtol=1e-5, atol=1e-12)
+  assert (a['loc_top1'], a['loc_topk'], a['gt_known'], a['gt_known_iou']) == (1, 1, 1, 1.0)
+  assert b['top_k'] == [0, 1] and b['boxes'] == [[0, 0, 7, 7], [4, 4, 7, 7]]
+  assert (b['loc_top1'], b['loc_topk'], b['gt_known']) == (0, 1, 1)
+  assert c['gt_known'] == 0 and c['gt_known_box'] == [0, 0, 1, 1]
+  assert 'gt_known' not in d  # no ground truth: no hits, the boxes only
+  assert d['gt_known_box'] == [2, 2, 5, 5]
+  assert not list(tmp_path.glob('*.part-*'))  # the parts are merged and removed
 
 
 def test_threshold_calibration_counts_only_images_with_boxes():

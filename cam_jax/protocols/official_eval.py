@@ -27,8 +27,6 @@ is float64 here.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Sequence
 
 import jax
@@ -39,7 +37,6 @@ from flax import nnx
 
 from cam_jax import cam as cam_lib
 from cam_jax import data as data_lib
-from cam_jax import io_utils
 from cam_jax import models
 from cam_jax import sharding
 from cam_jax.data import conventions
@@ -180,20 +177,9 @@ def _split_counts(config: ml_collections.ConfigDict, model: nnx.Module,
                       'width': int(image.shape[1]),
                       'scores': [float(probs[r][c]) for c in guesses[0]['classes']],
                       **guesses[0]})
+  totals = sharding.sum_across_processes(counts)
   if predictions_file:
-    part = f'{predictions_file}.part-{index}-of-{count}'
-    io_utils.atomic_write_text(part, ''.join(json.dumps(line) + '\n' for line in lines))
-  totals = sharding.sum_across_processes(counts)  # also: every part is written
-  if predictions_file and index == 0:
-    merged = []
-    for p in range(count):
-      part = f'{predictions_file}.part-{p}-of-{count}'
-      with open(part, encoding='utf-8') as f:
-        merged += [json.loads(line) for line in f]
-      os.remove(part)
-    merged.sort(key=lambda line: line['index'])
-    io_utils.atomic_write_text(predictions_file,
-                               ''.join(json.dumps(line) + '\n' for line in merged))
+    sharding.write_jsonl_from_processes(predictions_file, lines)
   return totals
 
 
