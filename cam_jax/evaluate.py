@@ -397,8 +397,9 @@ def format_protocol_table(numbers: dict[str, Any], paper_row: str | None = None)
   for key, value in numbers.items():
     if not isinstance(value, float) or key in ('cam_curve_interval',):
       continue
-    # Thresholds are values, not rates.
-    shown = f'τ = {value:.3f}' if key.endswith('_tau') else f'{100 * value:.2f}'
+    # Thresholds are values, not rates (`*_at_selected_tau` is a rate at a threshold).
+    is_tau = key.endswith('_tau') and not key.endswith('_at_selected_tau')
+    shown = f'τ = {value:.3f}' if is_tau else f'{100 * value:.2f}'
     line = f'| {key} | {shown} |'
     if paper:
       line += f' {100 * paper[key]:.2f} |' if key in paper else ' |'

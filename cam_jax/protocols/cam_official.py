@@ -30,7 +30,7 @@ matters for rectangles of equal area), and the sort is GCC >= 4.8's libstdc++.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -267,8 +267,9 @@ def imresize_matrix(in_length: int, out_length: int, method: str = 'bicubic',
   imresize.m): output pixel i (1-based) sits at `u = i / scale + (1 - 1 / scale) / 2` in
   the input; its weights are the kernel at `u - j` over `ceil(width) + 2` input pixels from
   `floor(u - width / 2)`, normalised to sum 1, the kernel widened by `1 / scale` when
-  shrinking with `antialias`; indices outside the input are mirrored
-  (`[1:n, n:-1:1]`)."""
+  shrinking with `antialias`; indices outside the input are clamped to its ends
+  (imresize.m: "Clamp out-of-range indices; has the effect of replicating end-points"),
+  which reproduces the output MATLAB prints for `imresize([0 0 1 1 0], [1 10])`."""
   kernel, width = _KERNELS[method]
   scale = out_length / in_length
   if scale < 1 and antialias:
@@ -281,8 +282,7 @@ def imresize_matrix(in_length: int, out_length: int, method: str = 'bicubic',
   indices = left + np.arange(int(np.ceil(width)) + 2)[None, :]
   weights = kernel(u - indices)
   weights = weights / weights.sum(axis=1, keepdims=True)
-  mirror = np.concatenate([np.arange(1, in_length + 1), np.arange(in_length, 0, -1)])
-  indices = mirror[(indices.astype(np.int64) - 1) % len(mirror)] - 1
+  indices = np.clip(indices.astype(np.int64), 1, in_length) - 1
   matrix = np.zeros((out_length, in_length))
   np.add.at(matrix, (np.repeat(np.arange(out_length), indices.shape[1]), indices.reshape(-1)),
             weights.reshape(-1))
@@ -290,27 +290,31 @@ def imresize_matrix(in_length: int, out_length: int, method: str = 'bicubic',
 
 
 def imresize(image: np.ndarray, out_hw: tuple[int, int], method: str = 'bicubic',
-             antialias: bool = True) -> np.ndarray:
-  """MATLAB's `imresize(image, [H W], method)` of a 2-D (or H×W×C) array, in float64.
+             antialias: bool = True, dtype: Any = np.float64) -> np.ndarray:
+  """MATLAB's `imresize(image, [H W], method)` of a 2-D (or H×W×C) array, computed in
+  `dtype` (float64 by default; float32 comes nearer MATLAB's single inputs, see
+  benchmarks/matlab_precision.py). Returns floats; callers round as MATLAB's conversions
+  do.
 
   The axis with the smaller scale factor is resized first, as imresize.m orders them.
-  MATLAB computes single inputs in single precision and rounds uint8 results; this
-  returns float64 (callers round as MATLAB's conversions do).
   """
-  x = np.asarray(image, np.float64)
+  x = np.asarray(image, dtype)
   scales = [out_hw[0] / x.shape[0], out_hw[1] / x.shape[1]]
   for axis in np.argsort(scales, kind='stable'):
     if x.shape[axis] == out_hw[axis]:
       continue
-    matrix = imresize_matrix(x.shape[axis], out_hw[axis], method, antialias)
+    matrix = imresize_matrix(x.shape[axis], out_hw[axis], method, antialias).astype(dtype)
     x = np.moveaxis(np.tensordot(matrix, np.moveaxis(x, axis, 0), axes=(1, 0)), 0, axis)
   return x
 
 
 def im2uint8(image: np.ndarray) -> np.ndarray:
   """MATLAB's conversion of a [0, 1] floating image to uint8 (`im2uint8`, what `imwrite`
-  does to single/double data): `x * 255` rounded half away from zero, saturated."""
-  return np.clip(np.floor(np.asarray(image, np.float64) * 255 + 0.5), 0, 255).astype(np.uint8)
+  does to single/double data): `x * 255` rounded half away from zero, saturated; in the
+  image's own floating type."""
+  x = np.asarray(image)
+  x = x if x.dtype.kind == 'f' else x.astype(np.float64)
+  return np.clip(np.floor(x * x.dtype.type(255) + x.dtype.type(0.5)), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------
@@ -346,16 +350,19 @@ def merge_ten_crops(crop_maps_TSS: np.ndarray, square: int = SQUARE) -> np.ndarr
   mirrored back), `abs`, and *summed* over the crops (theirs sums three identical
   channels too: a constant factor, gone after the division by the maximum). Pixels
   covered by more crops add more: the centre counts ten times, a corner twice."""
-  maps = np.abs(np.asarray(crop_maps_TSS, np.float64))
+  maps = np.abs(np.asarray(crop_maps_TSS))
+  if maps.dtype.kind != 'f':
+    maps = maps.astype(np.float64)
   crop = maps.shape[1]
-  merged = np.zeros((square, square))
+  merged = np.zeros((square, square), maps.dtype)
   for (x, y, mirrored), map_SS in zip(ten_crop_offsets(crop, square), maps):
     merged[y:y + crop, x:x + crop] += map_SS[:, ::-1] if mirrored else map_SS
   return merged
 
 
 def heat_map(crop_cams_Thw: np.ndarray, orig_hw: tuple[int, int], crop: int,
-             jpeg_quality: int | None = None, square: int = SQUARE) -> np.ndarray:
+             jpeg_quality: int | None = None, square: int = SQUARE,
+             dtype: Any = np.float64) -> np.ndarray:
   """The 8-bit heat map ILSVRC_generate_heatmap.m writes for one class: each crop's CAM
   resized to the crop (`imresize`, bicubic), merged into the 256 frame
   (`merge_ten_crops`), resized to the original image (bicubic, antialiased when
@@ -363,13 +370,14 @@ def heat_map(crop_cams_Thw: np.ndarray, orig_hw: tuple[int, int], crop: int,
 
   `jpeg_quality`: also round-trip it through JPEG (theirs writes `.jpg`, MATLAB's default
   quality 75, which `dt_box` reads back); None (default) skips it. `square`: the frame
-  the crops came from (256 in the release).
+  the crops came from (256 in the release). `dtype`: the arithmetic's (MATLAB's is
+  single for Caffe's single maps; float64 by default).
   """
-  crops = [imresize(m, (crop, crop)) for m in np.asarray(crop_cams_Thw, np.float64)]
+  crops = [imresize(m, (crop, crop), dtype=dtype) for m in np.asarray(crop_cams_Thw, dtype)]
   merged = merge_ten_crops(np.stack(crops), square)
-  full = imresize(merged, tuple(orig_hw))
+  full = imresize(merged, tuple(orig_hw), dtype=dtype)
   peak = full.max()
-  heat = im2uint8(full / peak if peak > 0 else full)
+  heat = im2uint8(full / peak if peak > 0 else full)  # the division in `dtype`
   if jpeg_quality is not None:
     import io  # pylint: disable=import-outside-toplevel
     from PIL import Image  # pylint: disable=import-outside-toplevel

@@ -121,18 +121,37 @@ def test_imresize_weights_worked_by_hand():
   # Enlarging 2 → 4 (scale 2, no antialiasing): output 1 sits at u = 1/2 + (1 - 1/2)/2
   # = 0.75 (1-based input coordinates). Keys' cubic (a = -0.5) at u - j for j = -1..2:
   # k(1.75) = -0.0234375, k(0.75) = 0.2265625, k(-0.25) = 0.8671875, k(-1.25) = -0.0703125.
-  # Mirroring [1, 2, 2, 1] sends j = -1 to input 2 and j = 0 to input 1: input 1 gets
-  # 0.2265625 + 0.8671875 = 1.09375, input 2 gets -0.09375.
-  np.testing.assert_allclose(cam_official.imresize_matrix(2, 4)[0], [1.09375, -0.09375])
-  # Both axes: 1.09375² · 1 + 1.09375 · (-0.09375) · (2 + 3) + 0.09375² · 4 = 0.71875,
-  # the corner MATLAB prints for imresize([1 2; 3 4], [4 4]).
-  assert cam_official.imresize(np.array([[1.0, 2.0], [3.0, 4.0]]), (4, 4))[0, 0] == 0.71875
+  # Clamping sends j = -1 and j = 0 to input 1: input 1 gets -0.0234375 + 0.2265625 +
+  # 0.8671875 = 1.0703125, input 2 gets -0.0703125.
+  np.testing.assert_allclose(cam_official.imresize_matrix(2, 4)[0], [1.0703125, -0.0703125])
+  # Both axes: 1.0703125² · 1 - 1.0703125 · 0.0703125 · (2 + 3) + 0.0703125² · 4.
+  corner = 1.0703125 ** 2 - 1.0703125 * 0.0703125 * 5 + 0.0703125 ** 2 * 4
+  assert cam_official.imresize(np.array([[1.0, 2.0], [3.0, 4.0]]), (4, 4))[0, 0] == corner
   # Shrinking 4 → 2 (scale 1/2, antialiased): the kernel is k(x / 2) / 2, 8 wide; output 1
   # at u = 2 - 0.5 = 1.5 takes j = -2..5 with weights -0.01171875, -0.03515625, 0.11328125,
-  # 0.43359375, 0.43359375, 0.11328125, -0.03515625, -0.01171875; mirrored over
-  # [1, 2, 3, 4, 4, 3, 2, 1], they add up per input to:
+  # 0.43359375, 0.43359375, 0.11328125, -0.03515625, -0.01171875; clamped to 1..4, they
+  # add up per input to:
   np.testing.assert_allclose(cam_official.imresize_matrix(4, 2)[0],
-                             [0.546875, 0.3984375, 0.1015625, -0.046875])
+                             [0.5, 0.43359375, 0.11328125, -0.046875])
+
+
+def test_imresize_reproduces_what_matlab_prints():
+  # MATLAB's own output, as printed (4 decimals), for imresize(M, [1 10]) (bicubic, the
+  # default) and 'bilinear' of M = [0 0 1 1 0] (stackoverflow.com/questions/17380407),
+  # and imresize([100 50 0], [1 5], 'bilinear') (dsp.stackexchange.com/questions/14560).
+  # The last bicubic value, -0.0703, is the end-point replication's: mirroring the
+  # indices instead ([1:n, n:-1:1]) gives -0.0938.
+  m = np.array([[0.0, 0, 1, 1, 0]])
+  np.testing.assert_array_equal(np.round(cam_official.imresize(m, (1, 10)), 4)[0], [
+      0, -0.0234, -0.0703, 0.2031, 0.7969, 1.0938, 1.0938, 0.7969, 0.2031, -0.0703])
+  np.testing.assert_array_equal(np.round(cam_official.imresize(m, (1, 10), 'bilinear'), 4)[0],
+                                [0, 0, 0, 0.25, 0.75, 1, 1, 0.75, 0.25, 0])
+  np.testing.assert_allclose(
+      cam_official.imresize(np.array([[100.0, 50, 0]]), (1, 5), 'bilinear')[0],
+      [100, 80, 50, 20, 0], atol=1e-12)
+
+
+def test_uint8_conversion_as_matlab():
   # MATLAB's uint8 conversion rounds half away from zero and saturates.
   np.testing.assert_array_equal(cam_official.im2uint8(np.array([0.5 / 255, 2.5 / 255, -0.2,
                                                                 1.3])), [1, 3, 0, 255])
@@ -170,6 +189,17 @@ def test_heat_map_is_8_bit_at_the_original_size():
   assert heat.max() == 255 and heat[150, 100] >= 240 and 40 <= heat[0, 0] <= 60
   jpeg = cam_official.heat_map(cams, (300, 200), 224, jpeg_quality=75)
   assert 0 < np.abs(jpeg.astype(int) - heat).mean() < 1  # lossy, a little at the steps
+
+
+def test_heat_map_in_single_precision():
+  rng = np.random.default_rng(0)
+  cams = rng.random((10, 7, 7)).astype(np.float32)
+  # The arithmetic is float32 throughout: the merged frame and both resizes.
+  assert cam_official.imresize(cams[0], (14, 14), dtype=np.float32).dtype == np.float32
+  assert cam_official.merge_ten_crops(cams[:, :2, :2].astype(np.float32), 4).dtype == np.float32
+  single = cam_official.heat_map(cams, (90, 120), 224, dtype=np.float32)
+  double = cam_official.heat_map(cams, (90, 120), 224)
+  assert single.dtype == np.uint8 and np.abs(single.astype(int) - double).max() <= 1
 
 
 # ---------------------------------------------------------------------------

@@ -270,3 +270,12 @@ def test_choe_row_is_printed_beside_wsolevaluation_only():
   assert 'Choe et al. (ImageNet VGG)' in table and '| max_box_acc_v2 | 50.00 | 60.00 |' in table
   with pytest.raises(ValueError, match='known rows'):
     evaluate.format_protocol_table({**numbers, 'choe_row': 'ImageNet AlexNet'})
+
+
+def test_thresholds_print_as_values_and_rates_at_them_in_percent():
+  table = evaluate.format_protocol_table({
+      'protocol': 'wsolevaluation', 'num_images': 4, 'max_box_acc_tau': 0.342,
+      'box_acc_at_selected_tau': 0.697, 'box_acc_selected_tau': 0.318})
+  assert '| max_box_acc_tau | τ = 0.342 |' in table
+  assert '| box_acc_selected_tau | τ = 0.318 |' in table
+  assert '| box_acc_at_selected_tau | 69.70 |' in table
