@@ -6,7 +6,7 @@ r"""The cost of CAMs against the backbone's forward pass.
 About 2 min as is on 2 CPU cores (GoogLeNet-GAP, batch 64: ~3 s a forward); `--batch=8`
 about 30 s.
 
-The model is `train.create_model` of the network's config (`configs/<model>.py` where
+The model is `restore.create_model` of the network's config (`configs/<model>.py` where
 there is one, else the common defaults), randomly initialised, with `--dtype` as
 `config.model.dtype`; the inputs are normal noise and random labels. T = top_k + 1
 classes per image, the top k and the label, as evaluation asks for. Times per batch,
@@ -40,7 +40,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from cam_jax import cam as cam_lib
-from cam_jax import evaluate, models, sharding, train
+from cam_jax import evaluate, models, restore, sharding
 from configs import common
 
 _MODEL = flags.DEFINE_string('model', 'googlenet_gap', 'Registry name (cam_jax.models.MODELS).')
@@ -48,7 +48,7 @@ _BATCH = flags.DEFINE_integer('batch', 64, 'Batch size.')
 _SIZE = flags.DEFINE_integer('size', 224, 'Input side; resized CAMs have it too.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds; the median is reported.')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'CAMs of the top k classes (and the label).')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', list(train.COMPUTE_DTYPES),
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', list(restore.COMPUTE_DTYPES),
                            'config.model.dtype: activations and matmuls.')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head.')
 _KERNEL_CALLS = flags.DEFINE_integer('kernel_calls', 10, 'Calls per timing of (d).')
@@ -92,7 +92,7 @@ def main(argv):
   del argv
   config = model_config(_MODEL.value)
   config.model.dtype = _DTYPE.value
-  model = train.create_model(config, _NUM_CLASSES.value, seed=0)
+  model = restore.create_model(config, _NUM_CLASSES.value, seed=0)
   weights = models.cam_weights(model)
   if weights is None:
     raise ValueError(f'{_MODEL.value} has no GAP/GMP head: CAM does not apply')

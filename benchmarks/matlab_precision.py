@@ -31,7 +31,7 @@ from cam_jax import data as data_lib
 from cam_jax import sharding
 from cam_jax.data import conventions
 from cam_jax.data import pipeline
-from cam_jax.localize import restore_for_inference
+from cam_jax.restore import restore_for_inference
 from cam_jax.protocols import cam_official
 from cam_jax.protocols import official_eval
 

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cam_jax import convert as convert_lib  # pylint: disable=wrong-import-position
 from cam_jax.data import conventions  # pylint: disable=wrong-import-position
-from cam_jax.localize import restore_for_inference  # pylint: disable=wrong-import-position
+from cam_jax.restore import restore_for_inference  # pylint: disable=wrong-import-position
 from cam_jax import sharding  # pylint: disable=wrong-import-position
 from configs import common  # pylint: disable=wrong-import-position
 from tests.pretrained import caffe_wire  # pylint: disable=wrong-import-position

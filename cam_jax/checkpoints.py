@@ -85,6 +85,10 @@ def checkpoint_meta(config: ml_collections.ConfigDict, num_classes: int, step: i
           'num_classes': num_classes, 'dataset': config.data.name,
           'class_names': list(class_names),
           'input': conventions.from_config(config.data).to_meta(),
+          # How its predictions are made, for `cam_jax.load` without the config.
+          'inference': {'eval_crop': config.data.get('eval_crop', 'resize'),
+                        'eval_resize_shorter': config.data.get('eval_resize_shorter'),
+                        'cam_threshold': (config.get('eval') or {}).get('cam_threshold', 0.2)},
           'resume': resume_settings(config)}
 
 

@@ -22,8 +22,12 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
+from cam_jax import data as data_lib
 from cam_jax import evaluate as evaluate_lib
+from cam_jax import figures
 from cam_jax import io_utils
+from cam_jax import restore
+from cam_jax import sharding
 from cam_jax import viz
 from cam_jax.protocols import official_eval
 from cam_jax.protocols import wsol_eval
@@ -179,4 +183,16 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
             flush=True)
     logging.info('Wrote %s and %d pictures in %s', os.path.join(workdir, 'eval.json'),
                  len(pictures), os.path.join(workdir, 'cams'))
+  return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`--mode=evaluate`: the latest checkpoint in `workdir`, evaluated and reported."""
+  sharding.maybe_initialize_distributed(config.get('distributed', False))
+  mesh = sharding.make_mesh()
+  _, info = data_lib.load_source(config.data, config.data.eval_split)
+  model, step, config = restore.restore_model(config, workdir, mesh, info.num_classes)
+  results = evaluate_and_report(config, model, mesh, workdir, step=step,
+                                baselines=tuple(config.eval.get('baselines', ())))
+  figures.write_evaluation_figures(config, model, mesh, workdir)
   return results

@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cam_jax import checkpoints
+from cam_jax import evaluators
 from cam_jax import localize
 from cam_jax import logs
 from cam_jax import train
@@ -56,7 +57,7 @@ def _run(config) -> None:
   if _MODE.value == 'train_and_evaluate':
     train.train_and_evaluate(config, _WORKDIR.value)
   elif _MODE.value == 'evaluate':
-    train.evaluate_checkpoint(config, _WORKDIR.value)
+    evaluators.evaluate_checkpoint(config, _WORKDIR.value)
   else:
     if not _IMAGES.value:
       raise app.UsageError('--mode=localize needs --images=FILE_FOLDER_OR_GLOB')

@@ -35,6 +35,7 @@ from cam_jax import evaluators
 from cam_jax import figures
 from cam_jax import metric_writers
 from cam_jax import models
+from cam_jax import restore
 from cam_jax import sharding
 from cam_jax import workdir_lock
 from cam_jax.data import conventions
@@ -42,26 +43,11 @@ from cam_jax.data import pipeline
 from cam_jax.pretrained import weights as pretrained_weights
 
 TrainState = Any  # nnx.State of (model, optimizer)
-COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 # ---------------------------------------------------------------------------
 # Model, optimizer, state
 # ---------------------------------------------------------------------------
-
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-  """`config.model.dtype`: the dtype of activations and matmuls. Parameters and optimizer
-  state stay float32 whatever it is (mixed precision)."""
-  name = config.model.get('dtype', 'float32')
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f'config.model.dtype={name!r}; expected one of {COMPUTE_DTYPES}')
-  return jnp.dtype(name)
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) -> nnx.Module:
-  return models.get_model(config.model.name, num_classes=num_classes, rngs=nnx.Rngs(seed),
-                          dtype=compute_dtype(config), **config.model.get('kwargs', {}))
-
 
 def resolve_schedule(config: ml_collections.ConfigDict, num_train_examples: int,
                      num_devices: int) -> ml_collections.ConfigDict:
@@ -163,7 +149,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 def _create_model_and_optimizer(config: ml_collections.ConfigDict,
                                 num_classes: int) -> tuple[nnx.Module, nnx.Optimizer]:
-  model = create_model(config, num_classes, config.seed)
+  model = restore.create_model(config, num_classes, config.seed)
   return model, nnx.Optimizer(model, create_optimizer(config), wrt=nnx.Param)
 
 
@@ -222,15 +208,7 @@ def starting_weights(config: ml_collections.ConfigDict
 def abstract_train_state(config: ml_collections.ConfigDict, num_classes: int,
                          mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, TrainState]:
   """`(graphdef, state)` with shapes, dtypes and (replicated) shardings, nothing allocated."""
-  return _abstract(lambda: _create_model_and_optimizer(config, num_classes), mesh)
-
-
-def _abstract(build: Callable[[], Any], mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, Any]:
-  """`nnx.split` of what `build` makes, as replicated shapes and dtypes: nothing allocated."""
-  graphdef, state = nnx.split(nnx.eval_shape(build))
-  repl = sharding.replicated(mesh)
-  return graphdef, jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
+  return restore.abstract(lambda: _create_model_and_optimizer(config, num_classes), mesh)
 
 
 # ---------------------------------------------------------------------------
@@ -371,7 +349,7 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   logging.info('Training %s on %s: steps %d..%d of %d, global batch %d on %d devices '
                '(%d processes), compute dtype %s', config.model.name, config.data.name,
                start_step, last_step, total, config.batch_size, mesh.devices.size,
-               jax.process_count(), compute_dtype(config).name)
+               jax.process_count(), restore.compute_dtype(config).name)
   t_start, t_log, step_log = time.time(), time.time(), start_step
   train_metrics = []
   step = start_step
@@ -540,67 +518,5 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # --- Evaluate -----------------------------------------------------------------
   model = nnx.merge(graphdef, state)[0]
   results = evaluators.evaluate_and_report(config, model, mesh, workdir, step=total)
-  figures.write_evaluation_figures(config, model, mesh, workdir)
-  return results
-
-
-def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-                  num_classes: int) -> tuple[nnx.Module, int, ml_collections.ConfigDict]:
-  """`(model, step, config)` from the latest checkpoint in `workdir`, the config with the
-  checkpoint's input convention resolved (`conventions.resolve`); raises if there is
-  none."""
-  directory = os.path.join(workdir, 'checkpoints')
-  model, step, meta = restore_model_at(config, directory, mesh, num_classes=num_classes)
-  where = os.path.join(directory, str(step))
-  return model, step, conventions.resolve(config, checkpoints.input_convention(meta), where)
-
-
-def restore_model_at(config: ml_collections.ConfigDict, directory: str,
-                     mesh: jax.sharding.Mesh, *, step: int | None = None,
-                     num_classes: int | None = None,
-                     model_from_meta: bool = False) -> tuple[nnx.Module, int, dict[str, Any]]:
-  """`(model, step, meta)` of a checkpoint in `directory` (a folder of steps:
-  checkpoints/ or best/), the latest unless `step` is given.
-
-  `num_classes` None takes the checkpoint's own (its meta), so that no dataset needs to
-  be at hand (--mode=localize). `model_from_meta`: the network (name, kwargs) and dataset
-  are the checkpoint's, whatever the config says (inference on a converted or foreign
-  checkpoint). Raises FileNotFoundError if there is no such checkpoint, ValueError if it
-  belongs to another model or dataset than the config's.
-  """
-  directory = os.path.abspath(directory)
-  with checkpoints.checkpoint_manager(os.path.dirname(directory), config,
-                                      folder=os.path.basename(directory)) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'No checkpoint in {directory}: train first '
-                              '(--mode=train_and_evaluate).')
-    if step not in manager.all_steps():
-      raise FileNotFoundError(f'No checkpoint of step {step} in {directory}')
-    meta = checkpoints.read_meta(manager, step)
-    if num_classes is None:
-      num_classes = int(meta['num_classes'])
-    if model_from_meta:
-      config = config.copy_and_resolve_references()
-      config.model.name = meta['model']
-      config.model.kwargs = ml_collections.ConfigDict(meta.get('model_kwargs') or {})
-      config.data.name = meta['dataset']
-    # The model alone: evaluation and localize never read the optimizer state.
-    graphdef, abstract_state = _abstract(lambda: create_model(config, num_classes, config.seed),
-                                         mesh)
-    state = checkpoints.restore_model_state(
-        manager, abstract_state, checkpoints.checkpoint_meta(config, num_classes, 0), step,
-        meta)
-  return nnx.merge(graphdef, state), step, meta
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """`--mode=evaluate`: the latest checkpoint in `workdir`, evaluated and reported."""
-  sharding.maybe_initialize_distributed(config.get('distributed', False))
-  mesh = sharding.make_mesh()
-  _, info = data_lib.load_source(config.data, config.data.eval_split)
-  model, step, config = restore_model(config, workdir, mesh, info.num_classes)
-  results = evaluators.evaluate_and_report(config, model, mesh, workdir, step=step,
-                                            baselines=tuple(config.eval.get('baselines', ())))
   figures.write_evaluation_figures(config, model, mesh, workdir)
   return results

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cam_jax import box_stage
 from cam_jax import boxes as boxes_lib
 from cam_jax import data as data_lib
-from cam_jax import evaluate, sharding, train
+from cam_jax import evaluate, restore, sharding
 from cam_jax.data import conventions
 from cam_jax.data import pipeline
 
@@ -86,7 +86,7 @@ def main(argv):
   split = _SPLIT.value or config.data.select_split
   mesh = sharding.make_mesh()
   source, info = data_lib.load_source(config.data, split)
-  model, _, config = train.restore_model(config, _WORKDIR.value, mesh, info.num_classes)
+  model, _, config = restore.restore_model(config, _WORKDIR.value, mesh, info.num_classes)
   thresholds = tuple(float(t) for t in _GRID.value)
   got = gt_known_hits(config, model, mesh, source, _NUM.value, thresholds)
   n = got['with_boxes']

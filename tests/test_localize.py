@@ -1,7 +1,8 @@
 """`--mode=localize` on image files: boxes in the original grid, pictures, bad files.
 
-Most tests use a tiny_gap network whose weights are set by hand (`_square_detector`) so
-that its CAM is known exactly: it lights up where the image is bright.
+Most tests use a tiny_gap network whose weights are set by hand
+(`tests/square_detector.py`) so that its CAM is known exactly: it lights up where the
+image is bright.
 """
 
 import io
@@ -11,72 +12,16 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
-from cam_jax import checkpoints
 from cam_jax import localize
-from cam_jax import sharding
-from cam_jax import train
-from cam_jax.data import pipeline
-from configs import synthetic_gap
+from cam_jax import restore
+from tests.square_detector import CLASS_NAMES, STEP, config as _config, save as _save
+from tests.square_detector import square_image as _square_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLASS_NAMES = ['square', 'half square', 'other', 'nothing']
-STEP = 7
-
-
-def _config():
-  return synthetic_gap.get_config('tiny')  # tiny_gap on 32×32 inputs, eval batch 16
-
-
-def _square_detector(config):
-  """The train state of a tiny_gap network that responds to bright pixels, every layer
-  passing one channel through its centre tap:
-
-  conv 1: channel 0 = mean of the three normalised colours, BatchNorm (mean 0, var 1)
-  shifts it by minus the midpoint of black and white, so after the ReLU it is positive
-  exactly on input pixels more than half bright; the later convs copy channel 0, max
-  pooling halves it to the 16×16 feature grid. Head: logit c = w_c · mean(channel 0) +
-  b_c with w = (1, 0.5, 0, 0), b = (0, -0.5, -1, -1.5): classes rank 0, 1, 2, 3, and the
-  CAM of class 0 is channel 0 itself.
-  """
-  # Zeros everywhere (a valid optimizer state), then the weights: no initialiser runs.
-  graphdef, abstract = train.abstract_train_state(config, len(CLASS_NAMES),
-                                                  sharding.make_mesh())
-  model, optimizer = nnx.merge(graphdef,
-                               jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract))
-  white = ((255 - np.float32(pipeline.DEFAULT_INPUT.mean)) / np.float32(pipeline.DEFAULT_INPUT.std)).mean()
-  black = (-np.float32(pipeline.DEFAULT_INPUT.mean) / np.float32(pipeline.DEFAULT_INPUT.std)).mean()
-  layers = [block for stage in model.stages for block in stage] + [model.cam_conv]
-  for i, layer in enumerate(layers):
-    kernel = np.zeros(layer.conv.kernel.shape, np.float32)
-    if i == 0:
-      kernel[1, 1, :, 0] = 1 / 3
-    else:
-      kernel[1, 1, 0, 0] = 1
-    layer.conv.kernel[...] = kernel
-    if layer.bn is not None:
-      if i == 0:
-        layer.bn.bias[0] = -(white + black) / 2
-      layer.bn.scale[...] = 1.0
-      layer.bn.var[...] = 1.0
-  head = np.zeros(model.head.kernel.shape, np.float32)
-  head[0, :2] = [1.0, 0.5]
-  model.head.kernel[...] = head
-  model.head.bias[...] = np.array([0.0, -0.5, -1.0, -1.5], np.float32)
-  return nnx.state((model, optimizer))
-
-
-def _save(config, workdir, class_names=CLASS_NAMES):
-  with checkpoints.checkpoint_manager(workdir, config) as manager:
-    checkpoints.save_checkpoint(
-        manager, STEP, _square_detector(config),
-        checkpoints.checkpoint_meta(config, len(CLASS_NAMES), STEP, tuple(class_names)))
-    manager.wait_until_finished()
 
 
 @pytest.fixture(scope='module')
@@ -85,14 +30,6 @@ def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('square'))
   _save(_config(), path)
   return path
-
-
-def _square_image(hw=(48, 96), square=(24, 12, 47, 35), mode='RGB'):
-  """Black, with a white square `(x0, y0, x1, y1)` (inclusive corners)."""
-  pixels = np.zeros((*hw, 3), np.uint8)
-  x0, y0, x1, y1 = square
-  pixels[y0:y1 + 1, x0:x1 + 1] = 255
-  return Image.fromarray(pixels).convert(mode)
 
 
 def _records(output_dir):
@@ -130,7 +67,7 @@ def test_box_is_in_the_original_grid_and_overlay_red_where_the_cam_is_hot(workdi
   assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-6
 
   overlay = np.asarray(Image.open(os.path.join(out, 'wide.overlay.png')), np.int32)
-  # Shorter than localize.PICTURE_MIN_SIDE (192): upscaled ×2 (192 // 96), every original
+  # Shorter than inference.PICTURE_MIN_SIDE (192): upscaled ×2 (192 // 96), every original
   # pixel (x, y) a 2×2 block at (2x, 2y).
   assert overlay.shape == (96, 192, 3)
   r, b = overlay[..., 0], overlay[..., 2]
@@ -272,10 +209,10 @@ def test_class_names_fall_back_to_the_dataset_then_to_ids(tiny_data_dir, tmp_pat
   config = _config()
   config.data.data_dir = tiny_data_dir
   meta = {'num_classes': 4, 'class_names': []}  # a checkpoint from before names were saved
-  names = localize.class_names(config, meta)
+  names = restore.class_names(config, meta)
   assert len(names) == 4 and not names[0].startswith('class ')
   config.data.data_dir = str(tmp_path / 'no_data')  # not prepared, and never prepared here
   with caplog.at_level(logging.WARNING):
-    assert localize.class_names(config, meta) == ['class 0', 'class 1', 'class 2', 'class 3']
+    assert restore.class_names(config, meta) == ['class 0', 'class 1', 'class 2', 'class 3']
   assert any('no class names' in r.getMessage() for r in caplog.records)
   assert not os.path.exists(tmp_path / 'no_data' / 'cam_synth')

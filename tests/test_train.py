@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cam_jax import checkpoints, sharding, train, workdir_lock
+from cam_jax import checkpoints, restore, sharding, train, workdir_lock
 from configs import synthetic_gap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,7 +87,7 @@ def test_bfloat16_steps_stay_close_to_float32_with_float32_parameters(tiny_data_
   assert dtypes == {jnp.dtype('float32')}
   config.model.dtype = 'float16'
   with pytest.raises(ValueError, match="config.model.dtype='float16'"):
-    train.create_model(config, 4, 0)
+    restore.create_model(config, 4, 0)
 
 
 def _restore(config, workdir, step=None):
@@ -421,7 +421,7 @@ def test_damaged_checkpoint_is_one_clear_error_naming_its_folder(six_steps, tmp_
   folder = os.path.join(workdir, 'checkpoints', '6')
   with pytest.raises(checkpoints.DamagedCheckpointError,
                      match=rf'checkpoint {folder} cannot be read \(ValueError: [A-Z_]+: '):
-    train.restore_model_at(config, os.path.join(workdir, 'checkpoints'), sharding.make_mesh(),
+    restore.restore_model_at(config, os.path.join(workdir, 'checkpoints'), sharding.make_mesh(),
                            num_classes=4)
   with pytest.raises(checkpoints.DamagedCheckpointError, match=rf'checkpoint {folder} cannot'):
     _restore(config, workdir, step=6)
