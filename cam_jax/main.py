@@ -1,7 +1,8 @@
 """Entry point: `python -m cam_jax.main --config=configs/synthetic_gap.py --workdir=DIR`.
 
-Only flags and one call: the logic lives in `cam_jax.train`, `cam_jax.evaluate` and
-`cam_jax.localize`, which can be imported and tested, and used from Colab.
+Only flags and one call: the logic lives in `cam_jax.train`, `cam_jax.evaluators` and
+`cam_jax.localize`, which can be imported and tested, and used from Colab (or, for CAMs
+of images in a notebook, `cam_jax.load`).
 
 Modes: `train_and_evaluate` (default), `evaluate`, and `localize`
 (`--images=PATH_OR_GLOB [--checkpoint=PATH] [--output_dir=DIR]`: CAM pictures, boxes and
