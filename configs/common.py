@@ -1,6 +1,66 @@
 """Defaults shared by every config; each config overrides what it needs."""
 
+import functools
+import inspect
+from typing import Any
+
 import ml_collections
+
+from cam_jax import models
+
+# Constructor arguments that are not model options: the trainer passes them
+# (`dtype` from config.model.dtype).
+_NOT_OPTIONS = ('self', 'num_classes', 'rngs', 'dtype')
+
+
+def _value(field: Any) -> Any:
+  return field.get() if isinstance(field, ml_collections.FieldReference) else field
+
+
+class ModelOptions(ml_collections.ConfigDict):
+  """`config.model.kwargs`: every option of the model's constructor, None for the model's
+  own default.
+
+  A locked config takes no new keys, so only an option that is a key can be set by
+  `--config.model.kwargs.pooling=max` or a sweep. The options left None are hidden from
+  `**kwargs`, iteration and `to_dict()`: the constructor gets the options set and no
+  others (a registry alias keeps its own, e.g. `tiny_gmp`'s pooling), and checkpoints
+  record the same `model_kwargs` as when only those were keys.
+  """
+
+  @property
+  def _ordered_fields(self):
+    # What keys(), items(), values(), iteration, len() and to_dict() read.
+    return {k: v for k, v in super()._ordered_fields.items() if _value(v) is not None}
+
+
+def model_option_names(name: str) -> list[str]:
+  """The keyword options of the registered model `name`, from its constructor's signature."""
+  if name not in models.MODELS:
+    raise ValueError(f'Unknown model {name!r}; known models: {", ".join(sorted(models.MODELS))}')
+  build = models.MODELS[name]
+  if isinstance(build, functools.partial):
+    build = build.func
+  # nnx modules are built through their metaclass: __init__ has the signature.
+  init = build.__init__ if isinstance(build, type) else build
+  return [p.name for p in inspect.signature(init).parameters.values()
+          if p.name not in _NOT_OPTIONS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def model_options(name: str, **values: Any) -> ModelOptions:
+  """`config.model.kwargs` for the model `name`: `values` set, every other option None.
+
+  Each option is a Python literal on the command line (`pooling=max`, `widths='(8, 16)'`,
+  `stage_strides=None`); the constructor checks the values.
+  """
+  names = model_option_names(name)
+  unknown = sorted(set(values) - set(names))
+  if unknown:
+    raise ValueError(f'{name} has no option {unknown[0]!r}; its options: {", ".join(names)}')
+  options = ModelOptions()
+  for option in names:
+    options[option] = ml_collections.FieldReference(values.get(option), field_type=object)
+  return options
 
 
 def get_common() -> ml_collections.ConfigDict:
@@ -51,7 +111,9 @@ def get_common() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'small_gap'  # A name of cam_jax.models.MODELS.
-  config.model.kwargs = ml_collections.ConfigDict()  # Passed to the model's constructor.
+  # Passed to the model's constructor: `model_options(name, ...)`, which makes every option
+  # of the model settable from the command line.
+  config.model.kwargs = model_options(config.model.name)
   # Activations and matmuls; 'bfloat16' is mixed precision: parameters and optimizer state
   # stay float32.
   config.model.dtype = 'float32'
@@ -227,7 +289,7 @@ def get_network_config(model_name: str, arg: str | None, *, image_size: int = 22
   """A paper network: ILSVRC fine-tuning by default, `runlocal` for a CPU smoke run."""
   config = get_common()
   config.model.name = model_name
-  config.model.kwargs = model_kwargs
+  config.model.kwargs = model_options(model_name, **model_kwargs)
   set_ilsvrc_finetuning(config, image_size)
   # The paper's numbers are printed beside ours (ILSVRC validation only).
   config.eval.paper_row = _PAPER_ROWS.get(model_name, '')

@@ -37,7 +37,8 @@ def get_config(arg: str | None = None):
   config.data.train_crop = 'resize'
 
   config.model.name = 'small_gap'
-  config.model.kwargs = {'widths': (16, 32, 64), 'stage_strides': (1, 2, 1), 'cam_channels': 64}
+  config.model.kwargs = common.model_options('small_gap', widths=(16, 32, 64),
+                                             stage_strides=(1, 2, 1), cam_channels=64)
 
   config.batch_size = 64
   config.total_steps = 600
@@ -69,7 +70,7 @@ def get_config(arg: str | None = None):
     config.data.builder_config = 'tiny'
     config.data.image_size = 32
     config.model.name = 'tiny_gap'
-    config.model.kwargs = {}
+    config.model.kwargs = common.model_options('tiny_gap')
     config.batch_size = 16
     config.total_steps = 6
     config.optimizer.warmup_steps = 2
