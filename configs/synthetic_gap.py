@@ -22,9 +22,37 @@ trained workdir:
       --mode=evaluate
 
 Variants combine with commas: `:tiny,protocols`.
+
+Sweeps (`get_hyper`; README, "Sweeps") are named like variants, and each is also the
+variant its trials start from:
+
+  python -m cam_jax.sweep --config=configs/synthetic_gap.py:sweep_map_resolution \
+      --root=runs/map_resolution
+
+`sweep_map_resolution`: the paper's Sec. 3 point that localization needs a fine mapping
+resolution. SmallGAP's map at 32×32 (the default), 16×16, 8×8 and 4×4 (the paper's 1/16 of
+the input: 14×14 at 224), each with a 64- and a 256-channel CAM conv: 8 runs of the default
+schedule, roughly 1 to 1.5 hours on 2 CPU cores (estimated, not measured, from the default
+run's 8 to 10 min: the coarse maps train faster, the wide CAM conv at 32×32 about 2×
+slower). `sweep_smoke`: two seeds of `tiny`, seconds each, for tests.
 """
 
 from configs import common
+
+_VARIANTS = ('tiny', 'protocols')
+# Each sweep's base variants: `:sweep_smoke` is the `tiny` config.
+_SWEEPS = {'sweep_smoke': ('tiny',), 'sweep_map_resolution': ()}
+
+
+def _variants(arg: str | None) -> list[str]:
+  """The variants named in `arg`, a sweep's name standing for its base variants."""
+  variants = []
+  for name in (v for v in (arg or '').split(',') if v):
+    if name not in _VARIANTS and name not in _SWEEPS:
+      known = ', '.join(repr(v) for v in (*_VARIANTS, *_SWEEPS))
+      raise ValueError(f'unknown variant {name!r} of synthetic_gap.py; known: {known}')
+    variants.extend(_SWEEPS.get(name, (name,)))
+  return variants
 
 
 def get_config(arg: str | None = None):
@@ -55,11 +83,7 @@ def get_config(arg: str | None = None):
   config.eval_examples_during_training = 500
   config.checkpoint_every = 200
 
-  variants = [v for v in (arg or '').split(',') if v]
-  unknown = [v for v in variants if v not in ('tiny', 'protocols')]
-  if unknown:
-    raise ValueError(f"unknown variant {unknown[0]!r} of synthetic_gap.py; known: 'tiny', "
-                     "'protocols'")
+  variants = _variants(arg)
   if 'protocols' in variants:
     # The synthetic images are 64×64: the ten crops come from a 73×73 frame
     # (protocols.official_eval.frame_size), as 224 from 256.
@@ -85,3 +109,18 @@ def get_config(arg: str | None = None):
     config.figures.per_class = 2
     config.figures.num_images = 4
   return config
+
+
+def get_hyper(hyper, arg: str | None = None) -> list[dict]:
+  """The trials of the sweep named in `arg` (`python -m cam_jax.sweep`)."""
+  sweeps = [v for v in (arg or '').split(',') if v in _SWEEPS]
+  if len(sweeps) != 1:
+    raise ValueError(f'name one sweep of synthetic_gap.py (got {arg!r}); known sweeps: '
+                     f'{", ".join(_SWEEPS)}')
+  if sweeps[0] == 'sweep_smoke':
+    return hyper.sweep('config.seed', [0, 1])
+  # Max pooling of these strides before the three stages: 64 / product = the map's side.
+  return hyper.product(
+      hyper.sweep('config.model.kwargs.stage_strides',
+                  [(1, 2, 1), (1, 2, 2), (2, 2, 2), (2, 4, 2)]),
+      hyper.sweep('config.model.kwargs.cam_channels', [64, 256]))
