@@ -37,6 +37,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from cam_jax import models
 from cam_jax import sharding
 from cam_jax.data import conventions
 
@@ -81,7 +82,7 @@ def checkpoint_meta(config: ml_collections.ConfigDict, num_classes: int, step: i
   predictions (--mode=localize), and the input convention its network was trained with
   (`input`, cam_jax.data.conventions), which every entry point preprocesses by."""
   return {'step': step, 'model': config.model.name,
-          'model_kwargs': config.model.get('kwargs', ml_collections.ConfigDict()).to_dict(),
+          'model_kwargs': models.given_options(config.model.get('kwargs')),
           'num_classes': num_classes, 'dataset': config.data.name,
           'class_names': list(class_names),
           'input': conventions.from_config(config.data).to_meta(),
@@ -266,6 +267,13 @@ def _check_meta(manager: ocp.CheckpointManager, step: int, expected_meta: dict[s
   expected_meta = json.loads(json.dumps(expected_meta))  # as stored: tuples become lists
   diffs = {k: (meta.get(k), expected_meta[k]) for k in _COMPATIBLE_KEYS
            if meta.get(k) != expected_meta[k]}
+  if 'model_kwargs' in diffs and meta.get('model') == expected_meta['model']:
+    # Options spelt out or left to their defaults build the same network: a converted
+    # GoogLeNet-GAP records {} where its config says {'variant': 'caffe'}.
+    resolve = lambda kwargs: json.loads(json.dumps(models.resolved_options(  # pylint: disable=unnecessary-lambda-assignment
+        meta['model'], kwargs or {}), default=str))
+    if resolve(meta.get('model_kwargs')) == resolve(expected_meta['model_kwargs']):
+      del diffs['model_kwargs']
   if diffs:
     detail = '; '.join(f'{k}: checkpoint has {a!r}, config asks for {b!r}'
                        for k, (a, b) in diffs.items())

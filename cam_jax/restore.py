@@ -41,7 +41,8 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int, seed: int) -> nnx.Module:
   return models.get_model(config.model.name, num_classes=num_classes, rngs=nnx.Rngs(seed),
-                          dtype=compute_dtype(config), **config.model.get('kwargs', {}))
+                          dtype=compute_dtype(config),
+                          **models.given_options(config.model.get('kwargs')))
 
 
 def abstract(build: Callable[[], Any], mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, Any]:

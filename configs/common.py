@@ -1,63 +1,33 @@
 """Defaults shared by every config; each config overrides what it needs."""
 
-import functools
-import inspect
 from typing import Any
 
 import ml_collections
 
 from cam_jax import models
 
-# Constructor arguments that are not model options: the trainer passes them
-# (`dtype` from config.model.dtype).
-_NOT_OPTIONS = ('self', 'num_classes', 'rngs', 'dtype')
-
-
-def _value(field: Any) -> Any:
-  return field.get() if isinstance(field, ml_collections.FieldReference) else field
-
-
-class ModelOptions(ml_collections.ConfigDict):
-  """`config.model.kwargs`: every option of the model's constructor, None for the model's
-  own default.
-
-  A locked config takes no new keys, so only an option that is a key can be set by
-  `--config.model.kwargs.pooling=max` or a sweep. The options left None are hidden from
-  `**kwargs`, iteration and `to_dict()`: the constructor gets the options set and no
-  others (a registry alias keeps its own, e.g. `tiny_gmp`'s pooling), and checkpoints
-  record the same `model_kwargs` as when only those were keys.
-  """
-
-  @property
-  def _ordered_fields(self):
-    # What keys(), items(), values(), iteration, len() and to_dict() read.
-    return {k: v for k, v in super()._ordered_fields.items() if _value(v) is not None}
-
 
 def model_option_names(name: str) -> list[str]:
-  """The keyword options of the registered model `name`, from its constructor's signature."""
-  if name not in models.MODELS:
-    raise ValueError(f'Unknown model {name!r}; known models: {", ".join(sorted(models.MODELS))}')
-  build = models.MODELS[name]
-  if isinstance(build, functools.partial):
-    build = build.func
-  # nnx modules are built through their metaclass: __init__ has the signature.
-  init = build.__init__ if isinstance(build, type) else build
-  return [p.name for p in inspect.signature(init).parameters.values()
-          if p.name not in _NOT_OPTIONS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+  """The keyword options of the registered model `name` (`cam_jax.models.options`)."""
+  return list(models.options(name))
 
 
-def model_options(name: str, **values: Any) -> ModelOptions:
+def model_options(name: str, **values: Any) -> ml_collections.ConfigDict:
   """`config.model.kwargs` for the model `name`: `values` set, every other option None.
 
-  Each option is a Python literal on the command line (`pooling=max`, `widths='(8, 16)'`,
-  `stage_strides=None`); the constructor checks the values.
+  A locked config takes no new keys, so only an option that is a key can be set by
+  `--config.model.kwargs.pooling=max` or a sweep. None means the model's own default (a
+  registry alias keeps its own, e.g. `tiny_gmp`'s pooling): the options left None reach
+  neither the constructor nor the checkpoint's `model_kwargs`
+  (`cam_jax.models.given_options`). Each option is a Python literal on the command line
+  (`pooling=max`, `widths='(8, 16)'`, `stage_strides=None`); the constructor checks the
+  values.
   """
   names = model_option_names(name)
   unknown = sorted(set(values) - set(names))
   if unknown:
     raise ValueError(f'{name} has no option {unknown[0]!r}; its options: {", ".join(names)}')
-  options = ModelOptions()
+  options = ml_collections.ConfigDict()
   for option in names:
     options[option] = ml_collections.FieldReference(values.get(option), field_type=object)
   return options

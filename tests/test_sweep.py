@@ -18,6 +18,7 @@ from PIL import Image
 
 from cam_jax import checkpoints
 from cam_jax import models
+from cam_jax import restore
 from cam_jax import sweep
 from configs import common
 
@@ -165,9 +166,8 @@ def test_bad_trials_fail_before_any_run(tmp_path):
 # --- Model options from the command line (configs/common.py) -------------------------
 
 def _abstract_model(config):
-  """The model as the trainer builds it (`**config.model.kwargs`), shapes only."""
-  return nnx.eval_shape(lambda: models.get_model(config.model.name, num_classes=4,
-                                                 rngs=nnx.Rngs(0), **config.model.kwargs))
+  """The model as the trainer builds it (`restore.create_model`), shapes only."""
+  return nnx.eval_shape(lambda: restore.create_model(config, 4, 0))
 
 
 def test_every_model_option_is_settable_from_the_command_line():
@@ -175,9 +175,10 @@ def test_every_model_option_is_settable_from_the_command_line():
   does not set is still a key; the constructor gets only the options set."""
   config = sweep.parse_config(TINY, ['--config.model.kwargs.pooling=max',
                                      '--config.model.kwargs.widths=(4, 8)'])
-  assert dict(**config.model.kwargs) == {'pooling': 'max', 'widths': (4, 8)}
+  assert models.given_options(config.model.kwargs) == {'pooling': 'max', 'widths': (4, 8)}
   # What checkpoints record as model_kwargs: the options set, no others.
-  assert config.model.kwargs.to_dict() == {'pooling': 'max', 'widths': (4, 8)}
+  assert checkpoints.checkpoint_meta(config, 4, 0)['model_kwargs'] == {
+      'pooling': 'max', 'widths': (4, 8)}
   model = _abstract_model(config)
   assert model.pooling == 'max' and model.head.kernel.shape == (32, 4)
   with pytest.raises(Exception, match='nonsense'):
@@ -187,10 +188,10 @@ def test_every_model_option_is_settable_from_the_command_line():
   assert _abstract_model(config).pooling == 'max'
   # The default config's kwargs are as before: checkpoints written before still match.
   config = sweep.parse_config('configs/synthetic_gap.py', [])
-  assert config.model.kwargs.to_dict() == {'widths': (16, 32, 64), 'stage_strides': (1, 2, 1),
-                                           'cam_channels': 64}
-  assert config.copy_and_resolve_references().model.kwargs.to_dict() == \
-      config.model.kwargs.to_dict()
+  assert models.given_options(config.model.kwargs) == {
+      'widths': (16, 32, 64), 'stage_strides': (1, 2, 1), 'cam_channels': 64}
+  assert checkpoints.checkpoint_meta(config, 10, 0)['model_kwargs'] == {
+      'widths': (16, 32, 64), 'stage_strides': (1, 2, 1), 'cam_channels': 64}
 
 
 @pytest.mark.parametrize('name', ['googlenet_gap', 'alexnet_star_gap', 'nin'])

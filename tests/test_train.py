@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cam_jax import checkpoints, restore, sharding, train, workdir_lock
+from cam_jax import checkpoints, models, restore, sharding, train, workdir_lock
 from configs import synthetic_gap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,10 +132,26 @@ def test_incompatible_checkpoint_is_refused_and_left_intact(tiny_data_dir, tmp_p
   ckpt = os.path.join(workdir, 'checkpoints')
   before = sorted(os.listdir(ckpt))
   other = tiny_config(tiny_data_dir, **{'model.name': 'tiny_gmp'})
-  other.model.kwargs = {'cam_channels': 16}
+  other.model.kwargs.cam_channels = 16
   with pytest.raises(ValueError, match='incompatible model.*model_kwargs'):
     train.train_and_evaluate(other, workdir)
   assert sorted(os.listdir(ckpt)) == before
+
+
+def test_options_spelt_out_or_left_to_their_defaults_build_the_same_model(tiny_data_dir,
+                                                                           tmp_path):
+  # A converted GoogLeNet-GAP records model_kwargs {} where its config says
+  # {'variant': 'caffe'}, the default: the same network, so the checkpoint restores.
+  workdir = str(tmp_path / 'w')
+  train.train_and_evaluate(tiny_config(tiny_data_dir), workdir, stop_after=3)
+  ckpt, mesh = os.path.join(workdir, 'checkpoints'), sharding.make_mesh()
+  spelt = tiny_config(tiny_data_dir)
+  spelt.model.kwargs.widths = models.options('tiny_gap')['widths']  # tiny_gap's own
+  assert restore.restore_model_at(spelt, ckpt, mesh)[1] == 3
+  other = tiny_config(tiny_data_dir)
+  other.model.kwargs.widths = (8, 24)
+  with pytest.raises(ValueError, match='incompatible model.*model_kwargs'):
+    restore.restore_model_at(other, ckpt, mesh)
 
 
 def test_unknown_model_lists_known_names(tiny_data_dir, tmp_path):

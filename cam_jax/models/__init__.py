@@ -9,6 +9,7 @@ convolutional map `B×h×w×K`, and a linear head whose `(kernel_KC, bias_C)`
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -49,6 +50,46 @@ def get_model(name: str, *, num_classes: int, rngs: nnx.Rngs, **kwargs: Any) -> 
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r}; known models: {", ".join(sorted(MODELS))}')
   return MODELS[name](num_classes=num_classes, rngs=rngs, **kwargs)
+
+
+# Constructor arguments that are not model options: the trainer passes them
+# (`dtype` from config.model.dtype).
+_NOT_OPTIONS = ('self', 'num_classes', 'rngs', 'dtype')
+
+
+def options(name: str) -> dict[str, Any]:
+  """`{option: default}` of the registered model `name`'s keyword options, from its
+  constructor's signature (a registry alias's own values, e.g. `tiny_gmp`'s pooling, as
+  its defaults); raises with the known names if unknown."""
+  if name not in MODELS:
+    raise ValueError(f'Unknown model {name!r}; known models: {", ".join(sorted(MODELS))}')
+  build, bound = MODELS[name], {}
+  if isinstance(build, functools.partial):
+    build, bound = build.func, dict(build.keywords)
+  # nnx modules are built through their metaclass: __init__ has the signature.
+  init = build.__init__ if isinstance(build, type) else build
+  out = {}
+  for p in inspect.signature(init).parameters.values():
+    if p.name in _NOT_OPTIONS or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+      continue
+    out[p.name] = bound.get(p.name, None if p.default is p.empty else p.default)
+  return out
+
+
+def given_options(kwargs: Any) -> dict[str, Any]:
+  """The options a config's `model.kwargs` sets: those not None (None leaves an option to
+  the model's default; configs/common.model_options lists every option as None)."""
+  items = kwargs.items() if kwargs is not None else ()
+  return {k: v for k, v in items if v is not None}
+
+
+def resolved_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+  """Every option of model `name` as `kwargs` would build it: the defaults, then `kwargs`
+  (None values left to the default). Two kwargs build the same network exactly when their
+  resolved options are equal (`{}` and `{'variant': 'caffe'}` for GoogLeNet-GAP)."""
+  out = options(name)
+  out.update({k: v for k, v in kwargs.items() if v is not None})
+  return out
 
 
 def head_params(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
