@@ -584,59 +584,64 @@ def _write_plots(folder: str, fields: list[str], metrics: list[str],
 # Command line
 # ---------------------------------------------------------------------------
 
-config_flags.DEFINE_config_file(
-    'config', None, 'FILE:SWEEP, a config file and one of its sweeps (get_hyper). '
-    '--config.a.b=VALUE overrides go to every trial.', lock_config=True)
-_ROOT = flags.DEFINE_string('root', None, 'Folder of the sweep: a workdir per trial, '
-                            'commands.sh, results.csv, results.md, plots/.', required=True)
-_LAUNCHER = flags.DEFINE_enum('launcher', 'local', ['local', 'print', 'slurm'],
-                              'local: subprocesses here; print: write the command lines; '
-                              'slurm: a job array through submitit.')
-_PARALLEL = flags.DEFINE_integer('parallel', 1, '--launcher=local: trials at once (each '
-                                 'JAX process takes every device it sees).', lower_bound=1)
-_SLURM_PARAMETERS = flags.DEFINE_string(
-    'slurm_parameters', '{}', "--launcher=slurm: a dict for submitit's "
-    "update_parameters, e.g. \"{'timeout_min': 600, 'slurm_partition': 'gpu', "
-    "'gpus_per_node': 1}\".")
+def _define_flags() -> None:
+  """The command line's flags, defined when the module runs as a script only: a library
+  import (tests, notebooks) then never clashes with another module's --config."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'FILE:SWEEP, a config file and one of its sweeps (get_hyper). '
+      '--config.a.b=VALUE overrides go to every trial.', lock_config=True)
+  flags.DEFINE_string('root', None, 'Folder of the sweep: a workdir per trial, '
+                      'commands.sh, results.csv, results.md, plots/.', required=True)
+  flags.DEFINE_enum('launcher', 'local', ['local', 'print', 'slurm'],
+                    'local: subprocesses here; print: write the command lines; '
+                    'slurm: a job array through submitit.')
+  flags.DEFINE_integer('parallel', 1, '--launcher=local: trials at once (each JAX process '
+                       'takes every device it sees).', lower_bound=1)
+  flags.DEFINE_string(
+      'slurm_parameters', '{}', "--launcher=slurm: a dict for submitit's "
+      "update_parameters, e.g. \"{'timeout_min': 600, 'slurm_partition': 'gpu', "
+      "'gpus_per_node': 1}\".")
 
 
 def main(argv: Sequence[str]) -> None:
   logs.quiet_libraries()
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config_flag = flags.FLAGS['config']
+  f = flags.FLAGS
+  root, launcher = f.root, f.launcher
+  config_flag = f['config']
   if flags.FLAGS.config is None:
     raise app.UsageError('--config=FILE:SWEEP is required, e.g. '
                          '--config=configs/synthetic_gap.py:sweep_smoke')
-  if _LAUNCHER.value == 'slurm':
+  if launcher == 'slurm':
     if importlib.util.find_spec('submitit') is None:
       raise app.UsageError(NEEDS_SUBMITIT)
     try:
-      slurm_parameters = ast.literal_eval(_SLURM_PARAMETERS.value)
+      slurm_parameters = ast.literal_eval(f.slurm_parameters)
     except (SyntaxError, ValueError):
       slurm_parameters = None
     if not isinstance(slurm_parameters, dict):
-      raise app.UsageError(f'--slurm_parameters={_SLURM_PARAMETERS.value} is not a dict')
+      raise app.UsageError(f'--slurm_parameters={f.slurm_parameters} is not a dict')
   config_arg = config_flag.config_filename
   overrides = {f'config.{k}': v for k, v in config_flag.override_values.items()}
   try:
-    jobs = plan(config_arg, _ROOT.value, load_trials(config_arg), overrides)
+    jobs = plan(config_arg, root, load_trials(config_arg), overrides)
   except (ValueError, FileNotFoundError) as e:
     # A sweep or a value to correct, named in the message: the message alone.
     logging.error('%s', e)
     raise SystemExit(1) from None
-  commands = write_commands(_ROOT.value, jobs)
-  logging.info('%d trials of %s in %s', len(jobs), config_arg, _ROOT.value)
-  if _LAUNCHER.value == 'print':
+  commands = write_commands(root, jobs)
+  logging.info('%d trials of %s in %s', len(jobs), config_arg, root)
+  if launcher == 'print':
     print(commands, end='', flush=True)
     failures = []
-  elif _LAUNCHER.value == 'local':
-    failures = run_local(jobs, _PARALLEL.value)
+  elif launcher == 'local':
+    failures = run_local(jobs, f.parallel)
   else:
-    failures = run_slurm(jobs, _ROOT.value, slurm_parameters)
-  records = write_results(_ROOT.value, jobs, config_arg)
+    failures = run_slurm(jobs, root, slurm_parameters)
+  records = write_results(root, jobs, config_arg)
   logging.info('%d of %d trials finished: %s', len(records), len(jobs),
-               os.path.join(_ROOT.value, 'results.md'))
+               os.path.join(root, 'results.md'))
   for failure in failures:
     logging.error('%s', failure.report())
   if failures:
@@ -644,4 +649,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)
