@@ -3,6 +3,7 @@ lights up where the image is bright. Shared by the tests of localize and the Pyt
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from PIL import Image
 
@@ -72,3 +73,11 @@ def square_image(hw=(48, 96), square=(24, 12, 47, 35), mode='RGB'):
   x0, y0, x1, y1 = square
   pixels[y0:y1 + 1, x0:x1 + 1] = 255
   return Image.fromarray(pixels).convert(mode)
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A workdir whose checkpoints/7 holds the square detector (a fixture: import it)."""
+  path = str(tmp_path_factory.mktemp('square'))
+  save(config(), path)
+  return path

@@ -13,16 +13,10 @@ import cam_jax
 from cam_jax import boxes as boxes_lib
 from cam_jax import inference
 from cam_jax.data import images as images_lib
-from tests.square_detector import CLASS_NAMES, STEP, config, save, square_image
+from tests.square_detector import CLASS_NAMES, STEP, config, square_image
+from tests.square_detector import workdir  # pylint: disable=unused-import (a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('square'))
-  save(config(), path)
-  return path
 
 
 def _tree(path):

@@ -18,18 +18,11 @@ from PIL import Image
 
 from cam_jax import localize
 from cam_jax import restore
-from tests.square_detector import CLASS_NAMES, STEP, config as _config, save as _save
+from tests.square_detector import CLASS_NAMES, STEP, config as _config
 from tests.square_detector import square_image as _square_image
+from tests.square_detector import workdir  # pylint: disable=unused-import (a fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  """A workdir whose checkpoints/7 holds the square detector."""
-  path = str(tmp_path_factory.mktemp('square'))
-  _save(_config(), path)
-  return path
 
 
 def _records(output_dir):
