@@ -24,24 +24,32 @@ trained workdir:
 Variants combine with commas: `:tiny,protocols`.
 
 Sweeps (`get_hyper`; README, "Sweeps") are named like variants, and each is also the
-variant its trials start from:
+variant its trials start from. The paper's claims on the synthetic set (README, "The
+paper's claims as sweeps"):
 
+  python -m cam_jax.sweep --config=configs/synthetic_gap.py:sweep_pooling --root=runs/pooling
+  python -m cam_jax.sweep --config=configs/synthetic_gap.py:sweep_saliency --root=runs/saliency
   python -m cam_jax.sweep --config=configs/synthetic_gap.py:sweep_map_resolution \
       --root=runs/map_resolution
 
-`sweep_map_resolution`: the paper's Sec. 3 point that localization needs a fine mapping
-resolution. SmallGAP's map at 32×32 (the default), 16×16, 8×8 and 4×4 (the paper's 1/16 of
-the input: 14×14 at 224), each with a 64- and a 256-channel CAM conv: 8 runs of the default
-schedule, roughly 1 to 1.5 hours on 2 CPU cores (estimated, not measured, from the default
-run's 8 to 10 min: the coarse maps train faster, the wide CAM conv at 32×32 about 2×
-slower). `sweep_smoke`: two seeds of `tiny`, seconds each, for tests.
+- `sweep_pooling`: global average against global max pooling (Sec. 2, Table 1's GMP row),
+  the default network otherwise: 2 runs of the default schedule.
+- `sweep_saliency`: CAM against backprop saliency and Grad-CAM, through the same box stage,
+  on one trained network: each trial evaluates the weights of `init_from.workdir`
+  (default `runs/synthetic`, README command 1's workdir) without training
+  (`total_steps=0`), with `eval.saliency` swept: minutes.
+- `sweep_map_resolution`: Sec. 3's point that localization needs a fine mapping
+  resolution: SmallGAP's map at 32×32 (the default), 16×16 and 8×8 of the 64×64 input: 3
+  runs of the default schedule.
+- `sweep_smoke`: two seeds of `tiny`, seconds each, for tests.
 """
 
 from configs import common
 
 _VARIANTS = ('tiny', 'protocols')
 # Each sweep's base variants: `:sweep_smoke` is the `tiny` config.
-_SWEEPS = {'sweep_smoke': ('tiny',), 'sweep_map_resolution': ()}
+_SWEEPS = {'sweep_smoke': ('tiny',), 'sweep_pooling': (), 'sweep_saliency': ('evaluate_only',),
+           'sweep_map_resolution': ()}
 
 
 def _variants(arg: str | None) -> list[str]:
@@ -90,6 +98,14 @@ def get_config(arg: str | None = None):
     config.evals.official = dict(type='cam_official', batch_size=16)
     # The operating τ chosen on the validation images, reported on test beside the max.
     config.evals.wsol = dict(type='wsolevaluation', select_split='validation')
+  if 'evaluate_only' in variants:
+    # The weights of another run, evaluated as they are: no step, the head kept.
+    config.init_from.workdir = 'runs/synthetic'
+    config.init_from.reinit = ()
+    config.total_steps = 0
+    config.optimizer.warmup_steps = 0
+    config.eval_every = 0
+    config.eval.baselines = ()
   if 'tiny' in variants:
     config.data.builder_config = 'tiny'
     config.data.image_size = 32
@@ -119,8 +135,9 @@ def get_hyper(hyper, arg: str | None = None) -> list[dict]:
                      f'{", ".join(_SWEEPS)}')
   if sweeps[0] == 'sweep_smoke':
     return hyper.sweep('config.seed', [0, 1])
+  if sweeps[0] == 'sweep_pooling':
+    return hyper.sweep('config.model.kwargs.pooling', ['avg', 'max'])
+  if sweeps[0] == 'sweep_saliency':
+    return hyper.sweep('config.eval.saliency', ['cam', 'backprop', 'gradcam'])
   # Max pooling of these strides before the three stages: 64 / product = the map's side.
-  return hyper.product(
-      hyper.sweep('config.model.kwargs.stage_strides',
-                  [(1, 2, 1), (1, 2, 2), (2, 2, 2), (2, 4, 2)]),
-      hyper.sweep('config.model.kwargs.cam_channels', [64, 256]))
+  return hyper.sweep('config.model.kwargs.stage_strides', [(1, 2, 1), (1, 2, 2), (2, 2, 2)])

@@ -71,14 +71,22 @@ def test_config_names_its_sweeps_and_unknown_ones_are_listed():
   trials = sweep.load_trials('configs/synthetic_gap.py:sweep_smoke')
   assert trials == [{'config.seed': 0}, {'config.seed': 1}]
   resolution = sweep.load_trials('configs/synthetic_gap.py:sweep_map_resolution')
-  assert len(resolution) == 8
-  assert {t['config.model.kwargs.stage_strides'] for t in resolution} == {
-      (1, 2, 1), (1, 2, 2), (2, 2, 2), (2, 4, 2)}  # maps of 32, 16, 8, 4 at 64×64
+  assert [t['config.model.kwargs.stage_strides'] for t in resolution] == [
+      (1, 2, 1), (1, 2, 2), (2, 2, 2)]  # maps of 32, 16 and 8 at 64×64
+  assert sweep.load_trials('configs/synthetic_gap.py:sweep_pooling') == [
+      {'config.model.kwargs.pooling': 'avg'}, {'config.model.kwargs.pooling': 'max'}]
+  assert [t['config.eval.saliency'] for t in
+          sweep.load_trials('configs/synthetic_gap.py:sweep_saliency')] == [
+              'cam', 'backprop', 'gradcam']
   # A sweep is also the variant its trials start from.
   from configs import synthetic_gap  # pylint: disable=g-import-not-at-top
   assert synthetic_gap.get_config('sweep_smoke') == synthetic_gap.get_config('tiny')
+  evaluate_only = synthetic_gap.get_config('sweep_saliency')  # another run's weights as they are
+  assert evaluate_only.total_steps == 0 and evaluate_only.init_from.reinit == ()
+  assert evaluate_only.init_from.workdir == 'runs/synthetic'
   for arg in ('nonsense', 'tiny', ''):
-    with pytest.raises(ValueError, match='known sweeps: sweep_smoke, sweep_map_resolution'):
+    with pytest.raises(ValueError, match='known sweeps: sweep_smoke, sweep_pooling, '
+                                         'sweep_saliency, sweep_map_resolution'):
       sweep.load_trials(f'configs/synthetic_gap.py:{arg}')
   with pytest.raises(ValueError, match='defines no sweeps'):
     sweep.load_trials('configs/nin.py:runlocal')

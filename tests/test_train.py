@@ -154,6 +154,22 @@ def test_options_spelt_out_or_left_to_their_defaults_build_the_same_model(tiny_d
     restore.restore_model_at(other, ckpt, mesh)
 
 
+def test_zero_steps_from_another_run_evaluate_its_weights_as_they_are(tiny_data_dir,
+                                                                       tmp_path):
+  # What synthetic_gap.py:sweep_saliency does: another run's weights, the head kept, no
+  # step: the evaluation is that run's own.
+  source = str(tmp_path / 'source')
+  first = train.train_and_evaluate(tiny_config(tiny_data_dir, **{'figures.enabled': False}),
+                                   source)
+  again = train.train_and_evaluate(
+      tiny_config(tiny_data_dir, **{'figures.enabled': False, 'total_steps': 0,
+                                    'optimizer.warmup_steps': 0, 'eval_every': 0,
+                                    'init_from.workdir': source, 'init_from.reinit': ()}),
+      str(tmp_path / 'again'))
+  assert again.pop('step') == 0 and first.pop('step') == 6
+  assert again == first
+
+
 def test_unknown_model_lists_known_names(tiny_data_dir, tmp_path):
   with pytest.raises(ValueError, match=r"Unknown model 'nope'.*small_gap.*tiny_gap"):
     train.train_and_evaluate(tiny_config(tiny_data_dir, **{'model.name': 'nope'}),
