@@ -7,12 +7,18 @@ import sys
 
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
 import cam_jax
 from cam_jax import boxes as boxes_lib
-from cam_jax import inference
+from cam_jax import checkpoints
+from cam_jax import train
+from cam_jax import windows
 from cam_jax.data import images as images_lib
+from cam_jax.data import pipeline
+from cam_jax.data import synthetic
+from configs import synthetic_gap
 from tests.square_detector import CLASS_NAMES, STEP, config, square_image
 from tests.square_detector import workdir  # pylint: disable=unused-import (a fixture)
 
@@ -56,6 +62,37 @@ def test_load_needs_no_config_and_predicts_paths_arrays_and_pil_images(workdir, 
   assert preds[0].figure().shape == (14 + 96, 5 * 192 + 4 * 2, 3)
   shown = preds[0].show()
   assert isinstance(shown, Image.Image) and shown.size == (5 * 192 + 4 * 2, 14 + 96)
+
+
+def test_the_default_configs_model_on_a_jpeg_and_an_array(tmp_path):
+  """`cam_jax.load(workdir).predict(['a.jpg', array])` on the default config's network
+  (SmallGAP at 64×64, 10 classes; initial weights): the top 5 are the model's own top 5
+  on the image resized to 64×64 and normalised, and each box lies in its image."""
+  config = synthetic_gap.get_config()
+  workdir = str(tmp_path / 'default')
+  graphdef, state = train.create_train_state(config, 10)
+  with checkpoints.checkpoint_manager(workdir, config) as manager:
+    checkpoints.save_checkpoint(manager, 1, state, checkpoints.checkpoint_meta(
+        config, 10, 1, tuple(synthetic.CLASS_NAMES)))
+    manager.wait_until_finished()
+  rng = np.random.default_rng(0)
+  photo = (rng.random((90, 120, 3)) * 255).astype(np.uint8)
+  Image.fromarray(photo).save(tmp_path / 'a.jpg', quality=95)
+  array = (rng.random((40, 30, 3)) * 255).astype(np.uint8)
+  cam = cam_jax.load(workdir)
+  preds = cam.predict([str(tmp_path / 'a.jpg'), array])
+  model = nnx.merge(graphdef, state)[0]
+  decoded = np.asarray(Image.open(tmp_path / 'a.jpg').convert('RGB'))
+  for p, pixels in zip(preds, [decoded, array]):
+    inputs = pipeline.normalize(pipeline.crop_resize(
+        pixels, windows.whole_window(pixels.shape[:2]), 64), pipeline.DEFAULT_INPUT)
+    logits = np.asarray(model(inputs[None], train=False)[0][0])
+    assert list(p.classes) == list(np.argsort(-logits)[:5])
+    assert p.names == [synthetic.CLASS_NAMES[c] for c in p.classes]
+    h, w = pixels.shape[:2]
+    assert p.cams.shape == (5, h, w)
+    assert ((p.boxes[:, :2] >= 0) & (p.boxes[:, 2:] < [w, h])).all()
+    assert (p.boxes[:, :2] <= p.boxes[:, 2:]).all()
 
 
 def test_top_k_and_a_config_override(workdir):
