@@ -431,7 +431,7 @@ NEEDS_SUBMITIT = "--launcher=slurm needs submitit: pip install 'cam_jax[slurm]'"
 
 
 def run_slurm(jobs: Sequence[Job], root: str, parameters: dict[str, Any], *,
-              cluster: str | None = None) -> list[Failure]:
+              cluster: str | None = None, python: str = sys.executable) -> list[Failure]:
   """Submits the unfinished jobs as one array through submitit and waits; the failures.
 
   `parameters` go to `AutoExecutor.update_parameters` (e.g. `timeout_min`,
@@ -448,7 +448,7 @@ def run_slurm(jobs: Sequence[Job], root: str, parameters: dict[str, Any], *,
   executor = submitit.AutoExecutor(folder=os.path.join(root, 'slurm', '%j'), cluster=cluster)
   executor.update_parameters(**{'name': 'cam_jax_sweep', **parameters})
   with executor.batch():
-    submitted = [executor.submit(run_trial, job.argv(), job.workdir, os.getcwd())
+    submitted = [executor.submit(run_trial, job.argv(python), job.workdir, os.getcwd())
                  for job in pending]
   logging.info('Submitted %d trials: %s', len(submitted),
                ', '.join(str(s.job_id) for s in submitted))

@@ -3,7 +3,6 @@ runner (on a fake trainer), results, and one real `sweep_smoke` run through the 
 point. Also the model options of configs/common.py, which sweeps and the command line set."""
 
 import csv
-import importlib.util
 import json
 import os
 import shlex
@@ -267,12 +266,29 @@ def test_local_runner_skips_finished_trials_and_reports_failures(fake_python, tm
     assert f.read().count('training 3') == 2
 
 
-def test_slurm_without_submitit_names_the_extra(tmp_path):
-  if importlib.util.find_spec('submitit') is not None:
-    pytest.skip('submitit is installed')
+def test_slurm_without_submitit_names_the_extra(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'submitit', None)  # as if not installed
   jobs = sweep.plan(TINY, str(tmp_path), sweep.sweep('config.seed', [0]))
   with pytest.raises(ImportError, match=r"pip install 'cam_jax\[slurm\]'"):
     sweep.run_slurm(jobs, str(tmp_path), {})
+
+
+def test_slurm_path_through_submitits_local_executor(fake_python, tmp_path):
+  # submitit's 'local' cluster runs the job array here, as SLURM would run it elsewhere:
+  # the same pickled run_trial calls, results and failures.
+  root = str(tmp_path / 'sweep')
+  jobs = sweep.plan(TINY, root, sweep.sweep('config.seed', [1, 3]))
+  failures = sweep.run_slurm(jobs, root, {'timeout_min': 5}, cluster='local',
+                             python=fake_python)
+  assert [(f.name, f.status) for f in failures] == [('seed=3', 3)]
+  assert sweep.read_results(jobs[0].workdir)['cls_top1_error'] == 0.1
+  assert os.listdir(os.path.join(root, 'slurm'))  # submitit's own logs
+  # Again: the finished trial is not submitted again.
+  failures = sweep.run_slurm(jobs, root, {'timeout_min': 5}, cluster='local',
+                             python=fake_python)
+  assert [f.name for f in failures] == ['seed=3']
+  with open(os.path.join(jobs[0].workdir, 'log.txt')) as f:
+    assert f.read().count('training 1') == 1
 
 
 def test_results_from_eval_json(tmp_path):
