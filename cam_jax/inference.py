@@ -189,8 +189,10 @@ def inference_config(meta: dict[str, Any]) -> ml_collections.ConfigDict:
       'dtype': resume.get('model.dtype') or 'float32'})
   config.data = ml_collections.ConfigDict()
   config.data.name = meta['dataset']
+  # The size it was trained at; a converted network's convention may fix one (Caffe
+  # AlexNet's 227) or not (torchvision's: 224, as they were trained).
   config.data.image_size = int(resume.get('data.image_size') or
-                               (convention.image_size if convention else 224))
+                               (convention and convention.image_size) or 224)
   config.data.eval_crop = settings.get('eval_crop', 'resize')
   config.data.eval_resize_shorter = ml_collections.FieldReference(
       settings.get('eval_resize_shorter'), field_type=int)

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+import cam_jax
 from cam_jax import checkpoints
 from cam_jax import convert as convert_lib
 from cam_jax import localize
@@ -82,6 +83,14 @@ def test_localize_with_converted_checkpoint_names_imagenet_classes(converted, tm
   names = imagenet.class_names()
   for record in records:
     assert [p['name'] for p in record['top_k']] == [names[p['class']] for p in record['top_k']]
+  # The Python API on the same checkpoint and config: the same predictions; with no
+  # config, the network's own input size and convention from the checkpoint.
+  [again] = cam_jax.load(out, config).predict(str(images / '0.jpg'))
+  assert again.record()['top_k'] == [
+      {**p, 'score': pytest.approx(p['score'], rel=1e-6)} for p in records[0]['top_k']]
+  bare = cam_jax.load(out)
+  assert bare.config.data.image_size == 224 and bare.convention.name == 'imagenet'
+  assert bare.class_names == list(names)
 
 
 def test_localize_refuses_a_contradicting_convention(converted, tmp_path):
