@@ -324,11 +324,14 @@ class CamModel:
               ) -> list[Prediction]:
     """The `Prediction` of each image (one image, or a list), in order.
 
-    Images: paths, PIL images or uint8 arrays (H×W, H×W×3, H×W×4), of any size. Raises
+    Images: paths, PIL images or uint8 arrays (H×W, H×W×3, H×W×4), of any size, or one
+    N×H×W×3 array. Raises
     on an unusable one, naming it (images.BadImageError for a file, ValueError for an
     array). `top_k` default `config.eval.top_k`; at most the number of classes.
     """
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+      images = list(images)  # a batch of same-sized images
+    elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
       images = [images]
     k = self.top_k(top_k)
 

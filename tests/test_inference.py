@@ -100,6 +100,8 @@ def test_top_k_and_a_config_override(workdir):
   cfg.eval.cam_threshold = 0.5
   cam = cam_jax.load(os.path.join(workdir, 'checkpoints', str(STEP)), cfg)
   [p] = cam.predict(np.asarray(square_image()), top_k=2)
+  batch = cam.predict(np.stack([np.asarray(square_image())] * 3), top_k=2)  # N×H×W×3
+  assert len(batch) == 3 and all(b.boxes.tolist() == p.boxes.tolist() for b in batch)
   assert list(p.classes) == [0, 1] and p.cams.shape == (2, 48, 96)
   # At half the max: x + 0.5 >= (3.5 + 0.5) × 6 = 24 and <= (7.5 + 0.5) × 6 = 48,
   # y + 0.5 >= 4 × 3 = 12 and <= 12 × 3 = 36: the square itself.
