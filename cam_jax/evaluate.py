@@ -31,7 +31,8 @@ Metrics (fractions in [0, 1]):
 - `pxap` (datasets with masks): average precision of the normalised map's pixels against
   the foreground mask on the network's input grid, ignore pixels left out.
 
-With `eval.predictions_file`, one JSON line per image goes there (`box_stage.image_record`:
+With `predictions_file` (`evaluators.evaluate_and_report` passes `eval.predictions_file`
+for the main evaluation only), one JSON line per image goes there (`box_stage.image_record`:
 index in the split, label, size, top-k classes with their probabilities, each top-k
 class's box and the label's box on the original image, the image's hits), for re-scoring
 or inspection offline.
@@ -102,7 +103,8 @@ def make_predict_fn(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *, top_k: i
 
 def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sharding.Mesh,
              *, localization: bool = True, num_examples: int | None = None,
-             num_pictures: int = 0, split: str | None = None) -> dict[str, Any]:
+             num_pictures: int = 0, split: str | None = None,
+             predictions_file: str | None = None) -> dict[str, Any]:
   """Metrics of `model` on `split` (default `config.data.eval_split`; see the module
   docstring). The result names the split.
 
@@ -123,7 +125,6 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
                     "localize with it).", type(model).__name__)
     localization = False
   graphdef, state = nnx.split(model)
-  predictions_file = ev.get('predictions_file') or None
   records = localization and bool(predictions_file)
   # The records hold every top-k class's box, so they need every top-k class's map.
   predict = make_predict_fn(graphdef, mesh, top_k=top_k,

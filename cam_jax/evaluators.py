@@ -44,7 +44,8 @@ def cam_jax_protocol(config: ml_collections.ConfigDict, model: nnx.Module,
                        f'split, num_examples and: {", ".join(sorted(config.eval))}')
     config.eval[key] = value
   results = evaluate_lib.evaluate(config, model, mesh, localization=True,
-                                  num_examples=num_examples, split=split)
+                                  num_examples=num_examples, split=split,
+                                  predictions_file=eval_fields.get('predictions_file'))
   return {'protocol': 'cam_jax', **results}
 
 
@@ -143,13 +144,14 @@ def evaluate_and_report(config: ml_collections.ConfigDict, model: nnx.Module,
   """Full evaluation: eval.json, the printed table and the CAM pictures in workdir/cams/;
   with `baselines` (saliency methods), their localization rows beside CAM's. A relative
   `eval.predictions_file` is under `workdir`."""
-  predictions = config.eval.get('predictions_file')
-  if predictions and not os.path.isabs(predictions):
-    config = config.copy_and_resolve_references()
-    config.eval.predictions_file = os.path.join(workdir, predictions)
+  # Written by this evaluation alone: not by the baselines' (nor training's) passes.
+  predictions = config.eval.get('predictions_file') or None
+  if predictions:
+    predictions = os.path.join(workdir, predictions)  # a relative path: under workdir
   results = evaluate_lib.evaluate(config, model, mesh, localization=True,
                                   num_examples=config.eval.get('num_examples'),
-                                  num_pictures=config.eval.num_pictures)
+                                  num_pictures=config.eval.num_pictures,
+                                  predictions_file=predictions)
   pictures = results.pop('pictures', [])
   results['step'] = step
   for method in baselines:

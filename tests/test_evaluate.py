@@ -2,13 +2,14 @@
 
 import json
 import multiprocessing
+import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from cam_jax import evaluate, models, sharding
+from cam_jax import evaluate, evaluators, models, sharding
 from cam_jax.data import pipeline
 from cam_jax.data.base import SourceInfo
 from configs import synthetic_gap
@@ -126,7 +127,8 @@ def _hand_examples():
   ]
 
 
-def _evaluate_hand(monkeypatch, num_pictures=0, **eval_fields):
+def _hand_config(monkeypatch):
+  """The tiny config on the hand images (8×8, top 2), their source patched in."""
   examples = _hand_examples()
   info = SourceInfo(name='hand', num_classes=3, class_names=('r', 'g', 'b'), has_masks=False)
   monkeypatch.setattr(evaluate.data_lib, 'load_source', lambda data, split: (examples, info))
@@ -134,9 +136,14 @@ def _evaluate_hand(monkeypatch, num_pictures=0, **eval_fields):
   config.data.image_size = 8
   config.eval.top_k = 2
   config.eval.batch_size = 8
+  return config
+
+
+def _evaluate_hand(monkeypatch, num_pictures=0, predictions_file=None, **eval_fields):
+  config = _hand_config(monkeypatch)
   config.eval.update(eval_fields)
   return evaluate.evaluate(config, _ChannelGAP(), sharding.make_mesh(),
-                           num_pictures=num_pictures)
+                           num_pictures=num_pictures, predictions_file=predictions_file)
 
 
 def test_every_metric_by_hand(monkeypatch):
@@ -212,6 +219,25 @@ def test_per_class_accuracy_and_predictions_by_hand(monkeypatch, tmp_path):
   assert 'gt_known' not in d  # no ground truth: no hits, the boxes only
   assert d['gt_known_box'] == [2, 2, 5, 5]
   assert not list(tmp_path.glob('*.part-*'))  # the parts are merged and removed
+
+
+def test_predictions_file_holds_the_main_evaluation_not_a_baselines(monkeypatch, tmp_path):
+  # evaluate_and_report with the backprop baseline: predictions.jsonl (relative: under the
+  # workdir) has CAM's hits, written once, and nothing is written where training runs.
+  config = _hand_config(monkeypatch)
+  config.eval.predictions_file = 'predictions.jsonl'
+  config.eval.num_pictures = 0
+  monkeypatch.chdir(tmp_path)
+  workdir = tmp_path / 'w'
+  results = evaluators.evaluate_and_report(config, _ChannelGAP(), sharding.make_mesh(),
+                                           str(workdir), step=0, baselines=('backprop',))
+  lines = [json.loads(line) for line in (workdir / 'predictions.jsonl').read_text().splitlines()]
+  with_boxes = [r for r in lines if 'gt_known' in r]
+  assert sum(r['gt_known'] for r in with_boxes) / len(with_boxes) == pytest.approx(
+      results['gt_known_loc_accuracy'])
+  assert sum(r['gt_known_iou'] for r in with_boxes) / len(with_boxes) == pytest.approx(
+      results['gt_known_mean_iou'])
+  assert sorted(os.listdir(tmp_path)) == ['w']
 
 
 def test_threshold_calibration_counts_only_images_with_boxes():
