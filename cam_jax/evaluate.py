@@ -199,12 +199,11 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
 
   image_records = loc_state.pop('records', [])
   # One exchange for every counter (the box stage's are named `<part>/<name>`).
-  per_class = {**{f'class_images/{c}': int(v) for c, v in enumerate(class_images)},
-               **{f'class_hits/{c}': int(v) for c, v in enumerate(class_hits)}}
-  totals = sharding.sum_across_processes({**counts, **loc_state, **per_class})
+  totals = sharding.sum_across_processes({**counts, **loc_state, 'class_images': class_images,
+                                          'class_hits': class_hits})
   counts = {k: totals[k] for k in counts}
-  class_images = [totals[f'class_images/{c}'] for c in range(len(class_images))]
-  class_hits = [totals[f'class_hits/{c}'] for c in range(len(class_hits))]
+  class_images = [int(v) for v in totals['class_images']]
+  class_hits = [int(v) for v in totals['class_hits']]
   loc_state = {k: totals[k] for k in loc_state}
   n = counts['num_images']
   if n == 0:

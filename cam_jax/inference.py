@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 from PIL import Image
 from scipy import special
@@ -87,16 +88,20 @@ class Prediction:
   viz_style: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @functools.cached_property
+  def _on_image(self) -> tuple[np.ndarray, np.ndarray]:
+    placed = [windows.map_on_image(m, self.window_4, self.orig_hw) for m in self.maps_khw]
+    return np.stack([map_HW for map_HW, _ in placed]), placed[0][1]
+
+  @property
   def cams(self) -> np.ndarray:
     """`(k, H, W)` float32: each class's map on the original image's pixels; 0 where the
     network did not look (outside a centre crop's window, see `valid`)."""
-    return np.stack([windows.map_on_image(m, self.window_4, self.orig_hw)[0]
-                     for m in self.maps_khw])
+    return self._on_image[0]
 
   @property
   def valid(self) -> np.ndarray:
     """`(H, W)` bool: the pixels the network saw."""
-    return windows.map_on_image(self.maps_khw[0], self.window_4, self.orig_hw)[1]
+    return self._on_image[1]
 
   def picture_maps(self) -> tuple[list[np.ndarray], np.ndarray]:
     """Each map resampled onto the picture's pixels, and the pixels the network saw.
@@ -263,6 +268,27 @@ class CamModel:
     picture_HW3, scale = viz.fit(pixels_HW3, self.config.viz.max_side, PICTURE_MIN_SIDE)
     return Prepared(source, orig_hw, window_4, input_SS3, picture_HW3, scale)
 
+  def batches(self, images: Iterable[ImageLike],
+              skipped: list[tuple[str, str]] | None = None) -> Iterator[list[Prepared]]:
+    """Lists of up to `batch_size` prepared images, read one batch at a time. An unusable
+    image raises, naming it; with `skipped`, a bad file is logged and `(path, why)`
+    appended to it instead."""
+    batch = []
+    for i, image in enumerate(images):
+      try:
+        batch.append(self.prepare(image, f'images[{i}]'))
+      except images_lib.BadImageError as e:
+        if skipped is None:
+          raise
+        logging.warning('skipped: %s', e)
+        skipped.append((os.fspath(image), str(e)))
+        continue
+      if len(batch) == self.batch_size:
+        yield batch
+        batch = []
+    if batch:
+      yield batch
+
   def predict_batches(self, batches: Iterator[list[Prepared]], top_k: int | None = None
                       ) -> Iterator[tuple[list[Prepared], dict[str, np.ndarray]]]:
     """`(images, host outputs)` per batch of at most `batch_size` prepared images: the
@@ -334,19 +360,8 @@ class CamModel:
     elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
       images = [images]
     k = self.top_k(top_k)
-
-    def batches():
-      batch = []
-      for i, image in enumerate(images):
-        batch.append(self.prepare(image, f'images[{i}]'))
-        if len(batch) == self.batch_size:
-          yield batch
-          batch = []
-      if batch:
-        yield batch
-
     out = []
-    for batch, host in self.predict_batches(batches(), k):
+    for batch, host in self.predict_batches(self.batches(images), k):
       out += [self.prediction(im, host['logits_BC'][i], host['classes_Bk'][i],
                               host['maps_BThw'][i, :k]) for i, im in enumerate(batch)]
     return out

@@ -33,7 +33,6 @@ import dataclasses
 import glob
 import json
 import os
-from typing import Iterator
 
 import jax
 import ml_collections
@@ -44,10 +43,11 @@ from cam_jax import io_utils
 from cam_jax import restore
 from cam_jax import sharding
 from cam_jax import viz
-from cam_jax.data import images as images_lib
 
 EXIT_SKIPPED = 3  # main's exit status when some file was skipped
 PREDICTIONS = 'predictions.jsonl'
+
+
 @dataclasses.dataclass
 class Summary:
   """What `localize` did: images written (by every process), and `(path, why)` of each
@@ -102,25 +102,6 @@ def output_names(paths: list[str]) -> list[str]:
       taken.add(name.casefold())
     names.append(name)
   return names
-
-
-def _batches(cam: inference.CamModel, paths: list[str], skipped: list[tuple[str, str]]
-             ) -> Iterator[list[inference.Prepared]]:
-  """Lists of up to `cam.batch_size` prepared images, read one batch at a time; bad files
-  are logged and appended to `skipped`."""
-  batch = []
-  for path in paths:
-    try:
-      batch.append(cam.prepare(path))
-    except images_lib.BadImageError as e:
-      logging.warning('skipped: %s', e)
-      skipped.append((path, str(e)))
-      continue
-    if len(batch) == cam.batch_size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
 
 
 # ---------------------------------------------------------------------------
@@ -208,7 +189,7 @@ def localize(config: ml_collections.ConfigDict, workdir: str, images: str, *,
   part = _part_path(output_dir, index, count)
   try:
     with open(part, 'w', encoding='utf-8') as f:
-      batches = _batches(cam, [paths[i] for i in positions], skipped)
+      batches = cam.batches([paths[i] for i in positions], skipped)
       for batch, out in cam.predict_batches(batches, top_k):
         for i, image in enumerate(batch):
           prediction = cam.prediction(image, out['logits_BC'][i], out['classes_Bk'][i],

@@ -87,9 +87,7 @@ def resolved_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
   """Every option of model `name` as `kwargs` would build it: the defaults, then `kwargs`
   (None values left to the default). Two kwargs build the same network exactly when their
   resolved options are equal (`{}` and `{'variant': 'caffe'}` for GoogLeNet-GAP)."""
-  out = options(name)
-  out.update({k: v for k, v in kwargs.items() if v is not None})
-  return out
+  return {**options(name), **given_options(kwargs)}
 
 
 def head_params(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
