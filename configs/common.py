@@ -188,6 +188,43 @@ def get_common() -> ml_collections.ConfigDict:
   config.figures.num_classes = 6  # Fig. 3: rows (classes)
   config.figures.per_class = 4  # Fig. 3: columns (best-scoring images of the class)
   config.figures.num_images = 8  # Fig. 5 and 6a: images
+
+  # --mode=transfer (cam_jax.transfer; paper Sec. 4): the pooled (GAP) features of a trained
+  # or converted network (`source`: a workdir, checkpoints/ or best/, a step folder or a
+  # converted checkpoint) on the dataset of config.data, a one-vs-rest linear SVM on them,
+  # and the CAMs of the new classes from the SVM's weights. Results in WORKDIR/transfer/.
+  config.transfer = ml_collections.ConfigDict()
+  config.transfer.source = ml_collections.FieldReference(None, field_type=str)
+  # The SVM's C is chosen on validation_split (None: `validation_fraction` of the train
+  # split, held out per class) among `svm_c`, then refit on all training images; the test
+  # split is config.data.eval_split and is never used for a choice.
+  config.transfer.svm_c = (0.01, 0.1, 1.0, 10.0)
+  config.transfer.validation_split = ml_collections.FieldReference(None, field_type=str)
+  config.transfer.validation_fraction = 0.2
+  config.transfer.max_iter = 10_000  # LinearSVC's iterations (liblinear)
+  # Image regions whose features are classified (paper Table 4): 'full' (the image),
+  # 'cam' (the crop given by the CAM box of the SVM's top class, on train and test) and
+  # 'gt' (the ground-truth box's crop; needs boxes).
+  config.transfer.crops = ('full',)
+  # Whether the SVM's CAMs are evaluated (boxes, MaxBoxAcc, PxAP) when the test split has
+  # boxes or masks, and figures drawn.
+  config.transfer.localization = True
+  config.transfer.batch_size = 64  # Global, for the feature extraction.
+  # Features cached in WORKDIR/transfer/features/ (resumable); False recomputes them.
+  config.transfer.cache = True
+
+  # --mode=units (cam_jax.units; paper Sec. 5, Fig. 13): for each class, the units of the
+  # CAM layer with the largest head weights, and each unit's top-activating images of
+  # `split` with the region where its activation exceeds the `quantile` of all its
+  # activations over the split (network dissection's procedure). Figures in WORKDIR/units/.
+  config.units = ml_collections.ConfigDict()
+  config.units.split = ml_collections.FieldReference(None, field_type=str)  # None: eval_split
+  config.units.num_examples = ml_collections.FieldReference(None, field_type=int)  # None: all
+  config.units.classes = ()  # class indices; empty: the first `num_classes`
+  config.units.num_classes = 6
+  config.units.top_units = 3  # units per class, by head weight
+  config.units.top_images = 4  # images per unit, by the unit's peak activation
+  config.units.quantile = 0.995  # network dissection: the top 0.5 % of activations
   return config
 
 
