@@ -25,7 +25,7 @@ from absl import logging
 
 from cam_jax import sharding
 
-from cam_jax.data import cub, ilsvrc, synthetic, wsol
+from cam_jax.data import cub, folders, ilsvrc, synthetic, wsol
 from cam_jax.data.base import SourceInfo
 
 
@@ -44,6 +44,7 @@ DATASETS: dict[str, DatasetSpec] = {
     'ilsvrc2012_loc': DatasetSpec(ilsvrc.Ilsvrc2012Loc),
     'cub2011_loc': DatasetSpec(cub.Cub2011Loc),
     'wsol': DatasetSpec(folder_source=wsol.load_source),
+    'folders': DatasetSpec(folder_source=folders.load_source),
 }
 
 

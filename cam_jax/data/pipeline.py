@@ -134,12 +134,21 @@ class EvalPreprocess(grain.transforms.Map):
   resize_shorter: int | None = None  # R; None: S / 0.875, the usual 256 for 224
   with_masks: bool = False  # decode `segmentation_mask` (and `ignore_mask`) for PxAP
   convention: conventions.InputConvention = DEFAULT_INPUT
+  # N×4 inclusive pixel boxes, row i the region of example i that the network sees
+  # (crops of Sec. 4.1), resized to S×S whatever the aspect; None: `crop`.
+  crop_boxes: np.ndarray | None = None
+  with_names: bool = False  # `file_name`: the example's name (its file, else its position)
 
   def __post_init__(self):
     if self.crop not in EVAL_CROPS:
       raise ValueError(f'config.data.eval_crop={self.crop!r}; expected one of {EVAL_CROPS}')
 
-  def window(self, hw: tuple[int, int]) -> np.ndarray:
+  def window(self, hw: tuple[int, int], index: int | None = None) -> np.ndarray:
+    if self.crop_boxes is not None:
+      # Inclusive pixel corners → the continuous window they cover, inside the image.
+      x0, y0, x1, y1 = (float(v) for v in self.crop_boxes[index])
+      return np.array([max(x0, 0), max(y0, 0), min(x1 + 1, hw[1]), min(y1 + 1, hw[0])],
+                      np.float64)
     if self.crop == 'resize':
       return windows.whole_window(hw)
     shorter = self.resize_shorter or int(round(self.image_size / 0.875))
@@ -154,7 +163,7 @@ class EvalPreprocess(grain.transforms.Map):
                        f'config.data.max_boxes (now {self.max_boxes})')
     padded = np.full((self.max_boxes, 4), -1, np.int32)
     padded[:len(boxes)] = boxes
-    window = self.window(image.shape[:2])
+    window = self.window(image.shape[:2], index)
     out = {
         'image': normalize(crop_resize(image, window, self.image_size), self.convention),
         'label': np.int32(ex['label']),
@@ -164,6 +173,8 @@ class EvalPreprocess(grain.transforms.Map):
         'window': window.astype(np.float32),
         'index': np.int32(index),
     }
+    if self.with_names:
+      out['file_name'] = np.str_(example_name(ex, index))
     if self.with_masks:
       name = example_name(ex, index)
       for key, field in (('mask', 'segmentation_mask'), ('ignore', 'ignore_mask')):
@@ -236,10 +247,12 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
                  num_examples: int | None = None, crop: str = 'resize',
                  resize_shorter: int | None = None, with_masks: bool = False,
                  convention: conventions.InputConvention = DEFAULT_INPUT,
-                 num_threads: int = 4,
-                 num_workers: int = 0) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+                 num_threads: int = 4, num_workers: int = 0,
+                 crop_boxes: np.ndarray | None = None, with_names: bool = False,
+                 start_batch: int = 0) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """`(batch, num_valid)` over (the first `num_examples` of) a split, in order; `close()`
-  it when stopping early.
+  it when stopping early. `crop_boxes` and `with_names`: EvalPreprocess; `start_batch`:
+  this process's batches from that one on (a resumed pass).
 
   Short batches are padded to full size by repeating their first example, so that every
   batch has one shape (one compilation); `num_valid` says how many rows are real. Every
@@ -247,13 +260,17 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
   all-invalid batches where its share is shorter.
   """
   preprocess = EvalPreprocess(image_size, max_boxes, crop, resize_shorter, with_masks,
-                              convention)
+                              convention, crop_boxes, with_names)
   ds = grain.MapDataset.source(source)
   if num_examples is not None:
     ds = ds.slice(slice(0, min(num_examples, len(ds))))
+  if crop_boxes is not None and len(crop_boxes) < len(ds):
+    raise ValueError(f'crop_boxes has {len(crop_boxes)} rows for {len(ds)} examples')
   longest_share = -(-len(ds) // jax.process_count())
-  num_batches = -(-longest_share // process_batch_size)
+  num_batches = -(-longest_share // process_batch_size) - start_batch
   ds = _process_shard(ds.map_with_index(lambda i, ex: (i, ex)))
+  if start_batch:
+    ds = ds.slice(slice(start_batch * process_batch_size, None))
   batches = _to_iter(ds.map(preprocess).batch(process_batch_size), num_threads, num_workers)
   # A process whose share is empty (fewer images than processes) still needs a batch.
   template = {
@@ -265,6 +282,8 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
       'window': np.tile(np.float32([0, 0, image_size, image_size]), (process_batch_size, 1)),
       'index': np.zeros((process_batch_size,), np.int32),
   }
+  if with_names:
+    template['file_name'] = np.full((process_batch_size,), '', dtype=object).astype(str)
   if with_masks:
     template['mask'] = np.zeros((process_batch_size, image_size, image_size), bool)
     template['ignore'] = np.zeros((process_batch_size, image_size, image_size), bool)
