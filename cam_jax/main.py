@@ -4,7 +4,10 @@ Only flags and one call: the logic lives in `cam_jax.train`, `cam_jax.evaluators
 `cam_jax.localize`, which can be imported and tested, and used from Colab (or, for CAMs
 of images in a notebook, `cam_jax.load`).
 
-Modes: `train_and_evaluate` (default), `evaluate`, and `localize`
+Modes: `train_and_evaluate` (default), `evaluate`, `transfer` (paper Sec. 4:
+`--config.transfer.source=WORKDIR_OR_CHECKPOINT`, the target data in `config.data`),
+`units` (paper Sec. 5: the class-specific units, `[--checkpoint] [--output_dir]`), and
+`localize`
 (`--images=PATH_OR_GLOB [--checkpoint=PATH] [--output_dir=DIR]`: CAM pictures, boxes and
 predictions.jsonl for image files). Exit status: 0 when all went well; 3 when
 `--mode=localize` skipped some file it could not use (each named in a warning); 1 on
@@ -19,22 +22,31 @@ from cam_jax import evaluators
 from cam_jax import localize
 from cam_jax import logs
 from cam_jax import train
+from cam_jax import transfer
+from cam_jax import units
 from cam_jax import workdir_lock
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics.jsonl, eval.json '
                                'and pictures go; re-using it resumes.', required=True)
 _MODE = flags.DEFINE_enum('mode', 'train_and_evaluate',
-                          ['train_and_evaluate', 'evaluate', 'localize'],
+                          ['train_and_evaluate', 'evaluate', 'localize', 'transfer',
+                           'units'],
                           'Train (resuming if possible) then evaluate; evaluate the latest '
-                          'checkpoint; or localize: top-k classes, CAM boxes and pictures of '
-                          '--images, exit status 3 if some file was skipped as unusable.')
+                          'checkpoint; localize: top-k classes, CAM boxes and pictures of '
+                          '--images, exit status 3 if some file was skipped as unusable; '
+                          'transfer: a linear SVM on the GAP features of '
+                          'config.transfer.source for config.data, and its CAMs (paper '
+                          'Sec. 4), in WORKDIR/transfer; units: the class-specific units '
+                          'of the latest (or --checkpoint) checkpoint (paper Sec. 5), in '
+                          'WORKDIR/units (or --output_dir).')
 _IMAGES = flags.DEFINE_string('images', None, '--mode=localize: an image file, a folder of '
                               'images (not recursive) or a glob.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, '--mode=localize: a workdir, its '
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, '--mode=localize or units: a workdir, its '
                                   'checkpoints/ or best/ folder, or one step folder; default '
                                   'the latest in WORKDIR/checkpoints.')
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, '--mode=localize: where the pictures '
-                                  'and predictions.jsonl go; default WORKDIR/localize.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, '--mode=localize (units): where the '
+                                  'pictures and predictions.jsonl (units.json) go; default '
+                                  'WORKDIR/localize (WORKDIR/units).')
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:arg]).',
                                 lock_config=True)
 
@@ -59,6 +71,11 @@ def _run(config) -> None:
     train.train_and_evaluate(config, _WORKDIR.value)
   elif _MODE.value == 'evaluate':
     evaluators.evaluate_checkpoint(config, _WORKDIR.value)
+  elif _MODE.value == 'transfer':
+    transfer.run_transfer(config, _WORKDIR.value)
+  elif _MODE.value == 'units':
+    units.write_units(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
+                      output_dir=_OUTPUT_DIR.value)
   else:
     if not _IMAGES.value:
       raise app.UsageError('--mode=localize needs --images=FILE_FOLDER_OR_GLOB')

@@ -359,3 +359,24 @@ def curve_plot(curves: dict[str, tuple[Sequence[float], Sequence[float]]], title
     draw.line((x1 - 110, y0 + 10 + 12 * k, x1 - 94, y0 + 10 + 12 * k), fill=color, width=2)
     draw.text((x1 - 90, y0 + 4 + 12 * k), name, fill=(0, 0, 0), font=font)
   return np.asarray(image)
+
+
+REGION_COLOR = (255, 255, 0)
+
+
+def highlight_region(image_HW3: np.ndarray, region_HW: np.ndarray, *, dim: float = 0.4,
+                     color: tuple[int, int, int] = REGION_COLOR) -> np.ndarray:
+  """Network dissection's look: the image as it is inside `region_HW` (bool), darkened to
+  `dim` of its brightness outside, and the region's outline (its pixels with a 4-neighbour
+  outside it, or on the image's border) in `color`."""
+  image_HW3 = _check_image(image_HW3)
+  region_HW = np.asarray(region_HW, bool)
+  if region_HW.shape != image_HW3.shape[:2]:
+    raise ValueError(f'region_HW has shape {region_HW.shape}, image_HW3 {image_HW3.shape}')
+  out_HW3 = image_HW3.astype(np.float32)
+  out_HW3[~region_HW] *= dim
+  out_HW3 = np.round(out_HW3).astype(np.uint8)
+  padded = np.pad(region_HW, 1, constant_values=False)
+  interior_HW = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+  out_HW3[region_HW & ~interior_HW] = color
+  return out_HW3

@@ -18,7 +18,7 @@ from cam_jax import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
                  if not os.path.basename(p).startswith(('_', 'common')))
-SMALL_VARIANT = {'synthetic_gap': 'tiny'}
+SMALL_VARIANT = {'synthetic_gap': 'tiny', 'cub_transfer': 'tiny'}
 
 
 def _variant(name):

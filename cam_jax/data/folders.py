@@ -189,7 +189,9 @@ def load_source(data_config, split: str) -> tuple[FolderSource, SourceInfo]:
   first = os.path.join(root, paths[0])
   with open(first, 'rb') as f:
     images.open_image(f.read(), first)
-  boxes = _read_boxes(os.path.expanduser(cfg.boxes_file), paths, split) if cfg.get('boxes_file') else {}
+  boxes = {}
+  if cfg.get('boxes_file'):
+    boxes = _read_boxes(os.path.expanduser(cfg.boxes_file), paths, split)
   source = FolderSource(root=root, split=split, paths=paths,
                         labels=np.asarray(labels, np.int64), boxes=boxes)
   return source, SourceInfo(name='folders', num_classes=len(class_names),

@@ -59,10 +59,11 @@ def draw_shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[int, int, int, i
 def render(rng: np.random.Generator, image_size: int, label: int
            ) -> tuple[np.ndarray, np.ndarray]:
   """One image of class `label` and its object's tight box (x0, y0, x1, y1)."""
-  image = Image.fromarray(synthetic._background(rng, image_size))  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  image = Image.fromarray(synthetic._background(rng, image_size))
   draw = ImageDraw.Draw(image)
-  box = synthetic._place(rng, image_size, [], 0.3, 0.55)  # pylint: disable=protected-access
-  colour = synthetic._contrasting_colour(  # pylint: disable=protected-access
+  box = synthetic._place(rng, image_size, [], 0.3, 0.55)
+  colour = synthetic._contrasting_colour(
       rng, np.asarray(image)[box[1]:box[3] + 1, box[0]:box[2] + 1])
   # The exact pixels first (a crescent's bite is cut out of a blank canvas), then the
   # same drawing through them onto the image.
@@ -75,11 +76,11 @@ def render(rng: np.random.Generator, image_size: int, label: int
   draw = ImageDraw.Draw(image)
   taken = [box]
   for _ in range(int(rng.integers(1, 3))):
-    other = synthetic._place(rng, image_size, taken, 0.2, 0.4)  # pylint: disable=protected-access
+    other = synthetic._place(rng, image_size, taken, 0.2, 0.4)
     if other is None:
       break
     taken.append(other)
-    c = synthetic._contrasting_colour(  # pylint: disable=protected-access
+    c = synthetic._contrasting_colour(
         rng, np.asarray(image)[other[1]:other[3] + 1, other[0]:other[2] + 1])
     # A distractor: a diagonal cross (cam_synth's strokes are its own business).
     x0, y0, x1, y1 = other
