@@ -6,7 +6,9 @@ of images in a notebook, `cam_jax.load`).
 
 Modes: `train_and_evaluate` (default), `evaluate`, `transfer` (paper Sec. 4:
 `--config.transfer.source=WORKDIR_OR_CHECKPOINT`, the target data in `config.data`),
-`units` (paper Sec. 5: the class-specific units, `[--checkpoint] [--output_dir]`), and
+`units` (paper Sec. 5: the class-specific units, `[--checkpoint] [--output_dir]`),
+`objects` (Sec. 4.2, Fig. 9: informative objects of cam_synth classes, `[--checkpoint]`),
+`concept` (Sec. 4.2, Fig. 10: a concept detector from two folders and its CAMs), and
 `localize`
 (`--images=PATH_OR_GLOB [--checkpoint=PATH] [--output_dir=DIR]`: CAM pictures, boxes and
 predictions.jsonl for image files). Exit status: 0 when all went well; 3 when
@@ -18,9 +20,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cam_jax import checkpoints
+from cam_jax import concepts
 from cam_jax import evaluators
 from cam_jax import localize
 from cam_jax import logs
+from cam_jax import patterns
 from cam_jax import train
 from cam_jax import transfer
 from cam_jax import units
@@ -30,7 +34,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics.json
                                'and pictures go; re-using it resumes.', required=True)
 _MODE = flags.DEFINE_enum('mode', 'train_and_evaluate',
                           ['train_and_evaluate', 'evaluate', 'localize', 'transfer',
-                           'units'],
+                           'units', 'objects', 'concept'],
                           'Train (resuming if possible) then evaluate; evaluate the latest '
                           'checkpoint; localize: top-k classes, CAM boxes and pictures of '
                           '--images, exit status 3 if some file was skipped as unusable; '
@@ -38,10 +42,15 @@ _MODE = flags.DEFINE_enum('mode', 'train_and_evaluate',
                           'config.transfer.source for config.data, and its CAMs (paper '
                           'Sec. 4), in WORKDIR/transfer; units: the class-specific units '
                           'of the latest (or --checkpoint) checkpoint (paper Sec. 5), in '
-                          'WORKDIR/units (or --output_dir).')
+                          'WORKDIR/units (or --output_dir); objects: the informative objects '
+                          'of cam_synth classes (Sec. 4.2, Fig. 9), in WORKDIR/patterns; '
+                          'concept: a concept detector from config.concept.positives and '
+                          '.negatives with hard-negative mining, and its CAMs (Sec. 4.2, '
+                          'Fig. 10), in WORKDIR/concept.')
 _IMAGES = flags.DEFINE_string('images', None, '--mode=localize: an image file, a folder of '
                               'images (not recursive) or a glob.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, '--mode=localize or units: a workdir, its '
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, '--mode=localize, units or objects: a '
+                                  'workdir, its '
                                   'checkpoints/ or best/ folder, or one step folder; default '
                                   'the latest in WORKDIR/checkpoints.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, '--mode=localize (units): where the '
@@ -73,6 +82,10 @@ def _run(config) -> None:
     evaluators.evaluate_checkpoint(config, _WORKDIR.value)
   elif _MODE.value == 'transfer':
     transfer.run_transfer(config, _WORKDIR.value)
+  elif _MODE.value == 'objects':
+    patterns.write_informative_objects(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value)
+  elif _MODE.value == 'concept':
+    concepts.run_concept(config, _WORKDIR.value)
   elif _MODE.value == 'units':
     units.write_units(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
                       output_dir=_OUTPUT_DIR.value)

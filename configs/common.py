@@ -224,6 +224,20 @@ def get_common() -> ml_collections.ConfigDict:
   # Published numbers printed beside ours, by crop (and 'cam_box_accuracy'), in percent.
   config.transfer.paper = ml_collections.ConfigDict()
 
+  # --mode=concept (cam_jax.concepts; paper Sec. 4.2, Fig. 10): a detector of the concept
+  # that the images of `positives` show and those of `negatives` do not (two folders), a
+  # linear SVM on the GAP features of config.transfer.source with hard-negative mining, and
+  # the concept's CAMs on the best-scoring positives. Results in WORKDIR/concept/.
+  config.concept = ml_collections.ConfigDict()
+  config.concept.positives = ml_collections.FieldReference(None, field_type=str)
+  config.concept.negatives = ml_collections.FieldReference(None, field_type=str)
+  config.concept.svm_c = 1.0
+  # Negatives of the first fit, a fixed random choice; None: as many as the positives.
+  config.concept.init_negatives = ml_collections.FieldReference(None, field_type=int)
+  config.concept.rounds = 3  # mining rounds: margin-violating negatives join, then a refit
+  config.concept.per_round = 100  # at most this many hard negatives join per round
+  config.concept.num_pictures = 12
+
   # --mode=units (cam_jax.units; paper Sec. 5, Fig. 13): for each class, the units of the
   # CAM layer with the largest head weights, and each unit's top-activating images of
   # `split` with the region where its activation exceeds the `quantile` of all its

@@ -54,7 +54,8 @@ def _visible_dirs(path: str) -> list[str]:
 def list_class_images(class_dir: str) -> list[str]:
   """The image files under `class_dir` (recursively), relative to it, sorted."""
   found = []
-  for parent, dirs, files in os.walk(class_dir):
+  # Symbolic links to folders are followed, as torchvision's ImageFolder does.
+  for parent, dirs, files in os.walk(class_dir, followlinks=True):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
     for f in files:
       if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS):

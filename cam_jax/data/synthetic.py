@@ -10,13 +10,16 @@ Boxes are `(x0, y0, x1, y1)`: inclusive integer pixel corners, x the column, as 
 ILSVRC XML.
 
 Everything is a pure function of (seed, split, index), so a dataset prepared twice, or
-on two hosts, is identical.
+on two hosts, is identical, and `example_objects` draws any stored example again to give
+what the dataset does not store: every object's name and exact mask, distractors too
+(the ground truth of `cam_jax.patterns`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+import functools
+from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -81,19 +84,51 @@ def _draw_class_shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[int, int,
     draw.polygon([(x0 + u * w, y0 + v * h) for u, v in _unit_polygon(name)], fill=fill)
 
 
-def _draw_distractor(draw: ImageDraw.ImageDraw, rng: np.random.Generator,
-                     box: tuple[int, int, int, int], fill) -> None:
-  """Draws an object of no class: a thick zig-zag stroke or a diagonal cross."""
+# The kinds of distractor, named `distractor:<kind>` among an example's objects.
+DISTRACTOR_KINDS = ('zigzag', 'cross')
+
+
+def distractor_name(kind: str) -> str:
+  return f'distractor:{kind}'
+
+
+def object_names(num_classes: int) -> tuple[str, ...]:
+  """Every name an example's `objects` may hold: the classes, then the distractor kinds."""
+  return CLASS_NAMES[:num_classes] + tuple(distractor_name(k) for k in DISTRACTOR_KINDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Distractor:
+  """A drawn distractor's geometry: drawn once on the image, once on a blank canvas."""
+  kind: str
+  lines: tuple[tuple[list[tuple[float, float]], str | None], ...]  # (points, joint)
+  width: int
+
+  def draw(self, draw: ImageDraw.ImageDraw, fill) -> None:
+    for points, joint in self.lines:
+      draw.line(points, fill=fill, width=self.width, joint=joint)
+
+
+def _distractor(rng: np.random.Generator, box: tuple[int, int, int, int]) -> _Distractor:
+  """An object of no class in the inclusive box: a thick zig-zag stroke or a diagonal
+  cross."""
   x0, y0, x1, y1 = box
   width = max(2, round(0.15 * (x1 - x0 + 1)))
   if rng.random() < 0.5:
     n = int(rng.integers(3, 6))
     xs = np.linspace(x0, x1, n)
     ys = np.where(np.arange(n) % 2 == 0, y0, y1) + rng.uniform(-0.15, 0.15, n) * (y1 - y0)
-    draw.line(list(zip(xs, np.clip(ys, y0, y1))), fill=fill, width=width, joint='curve')
-  else:
-    draw.line([(x0, y0), (x1, y1)], fill=fill, width=width)
-    draw.line([(x0, y1), (x1, y0)], fill=fill, width=width)
+    return _Distractor('zigzag', ((list(zip(xs, np.clip(ys, y0, y1))), 'curve'),), width)
+  return _Distractor('cross', (([(x0, y0), (x1, y1)], None), ([(x0, y1), (x1, y0)], None)),
+                     width)
+
+
+def _blank_mask(image_size: int, draw_on: Callable[[ImageDraw.ImageDraw], None]) -> np.ndarray:
+  """The pixels `draw_on` paints (with fill 1) on a blank canvas: an object's exact mask.
+  The image's own drawing is left alone, so no random draw is added."""
+  canvas = Image.new('L', (image_size, image_size), 0)
+  draw_on(ImageDraw.Draw(canvas))
+  return np.asarray(canvas, np.uint8)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -148,8 +183,13 @@ def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
   """Draws one example.
 
   Returns a dict with `image` (S×S×3 uint8), `mask` (S×S uint8, 1 on the labelled
-  objects), `label` (int) and `boxes` (N×4 int32, `(x0, y0, x1, y1)` inclusive: the
-  tight box of each labelled object's drawn pixels).
+  objects), `label` (int), `boxes` (N×4 int32, `(x0, y0, x1, y1)` inclusive: the
+  tight box of each labelled object's drawn pixels) and `objects`: `(name, mask_HW
+  bool)` of every object drawn, in drawing order, the labelled ones named by their class
+  (`CLASS_NAMES[label]`), the distractors `distractor:<kind>` (`DISTRACTOR_KINDS`). Each
+  mask is the object's exact pixels, drawn again on a blank canvas; objects are placed
+  1/16 of the side apart, so the masks are disjoint. The dataset stores only the labelled
+  objects' union (`mask`); `regenerate_example` gives the rest back for a stored example.
   """
   if not 1 <= num_classes <= len(CLASS_NAMES):
     raise ValueError(f'num_classes must be in [1, {len(CLASS_NAMES)}], got {num_classes}')
@@ -159,6 +199,7 @@ def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
   mask = np.zeros((image_size, image_size), np.uint8)
   taken: list[tuple[int, int, int, int]] = []
   boxes = []
+  objects: list[tuple[str, np.ndarray]] = []
   num_instances = 2 if rng.random() < p_two_instances else 1
   for i in range(num_instances):
     # Two instances must both fit: the second may come out smaller or not at all.
@@ -169,13 +210,12 @@ def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
     x0, y0, x1, y1 = box
     colour = _contrasting_colour(rng, np.asarray(image)[y0:y1 + 1, x0:x1 + 1])
     _draw_class_shape(draw, CLASS_NAMES[label], box, colour)
-    # The same drawing on a blank canvas gives this object's exact pixels.
-    obj = Image.new('L', (image_size, image_size), 0)
-    _draw_class_shape(ImageDraw.Draw(obj), CLASS_NAMES[label], box, 1)
-    obj_mask = np.asarray(obj, np.uint8)
+    obj_mask = _blank_mask(image_size, functools.partial(
+        _draw_class_shape, name=CLASS_NAMES[label], box=box, fill=1))
     rows, cols = np.nonzero(obj_mask)
     boxes.append((cols.min(), rows.min(), cols.max(), rows.max()))
     mask |= obj_mask
+    objects.append((CLASS_NAMES[label], obj_mask.astype(bool)))
   for _ in range(int(rng.integers(1, max_distractors + 1))):
     box = _place(rng, image_size, taken, _MIN_SIDE, 0.4)
     if box is None:
@@ -183,13 +223,18 @@ def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
     taken.append(box)
     x0, y0, x1, y1 = box
     colour = _contrasting_colour(rng, np.asarray(image)[y0:y1 + 1, x0:x1 + 1])
-    _draw_distractor(draw, rng, box, colour)
+    distractor = _distractor(rng, box)
+    distractor.draw(draw, colour)
+    objects.append((distractor_name(distractor.kind),
+                    _blank_mask(image_size, functools.partial(distractor.draw, fill=1))
+                    .astype(bool)))
   # Distractors never overlap the objects, so the mask stays exact.
   return {
       'image': np.asarray(image, np.uint8),
       'mask': mask,
       'label': label,
       'boxes': np.asarray(boxes, np.int32).reshape(-1, 4),
+      'objects': objects,
   }
 
 
@@ -250,11 +295,50 @@ class CamSynth(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num: int):
     cfg = self.builder_config
     for index in range(num):
-      rng = np.random.default_rng([cfg.seed, _SPLIT_IDS[split], index])
-      ex = render_example(rng, cfg.image_size, cfg.num_classes)
+      ex = render_example(example_rng(cfg.seed, split, index), cfg.image_size,
+                          cfg.num_classes)
       yield index, {
           'image': images.encode_png(ex['image']),
           'label': ex['label'],
           'boxes': ex['boxes'],
           'segmentation_mask': images.encode_png(ex['mask'] * 255),
       }
+
+
+def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
+  """The generator that example `index` of `split` is drawn from (`_generate_examples`)."""
+  return np.random.default_rng([seed, _SPLIT_IDS[split], index])
+
+
+def _builder_config(builder_config: CamSynthConfig | str | None) -> CamSynthConfig:
+  if isinstance(builder_config, CamSynthConfig):
+    return builder_config
+  name = builder_config or CamSynth.DEFAULT_CONFIG_NAME
+  configs = {c.name: c for c in CamSynth.BUILDER_CONFIGS}
+  if name not in configs:
+    raise ValueError(f'cam_synth has no builder config {name!r}; known: {", ".join(configs)}')
+  return configs[name]
+
+
+def regenerate_example(builder_config: CamSynthConfig | str | None, split: str,
+                       index: int) -> dict[str, np.ndarray | int | list]:
+  """Example `index` of `split` drawn again from its seed, as `_generate_examples` drew it
+  for the stored dataset: `render_example`'s dict, with every object's exact mask
+  (`objects`), which the stored dataset does not hold. `builder_config`: a config or its
+  name ('default', 'tiny'; None: the default)."""
+  cfg = _builder_config(builder_config)
+  sizes = {'train': cfg.num_train, 'test': cfg.num_test, 'validation': cfg.num_validation}
+  if split not in sizes:
+    raise ValueError(f'cam_synth has no split {split!r}; splits: {", ".join(sizes)}')
+  if not 0 <= index < sizes[split]:
+    raise IndexError(f'cam_synth/{cfg.name} {split} has {sizes[split]} examples, '
+                     f'no index {index}')
+  return render_example(example_rng(cfg.seed, split, index), cfg.image_size,
+                        cfg.num_classes)
+
+
+def example_objects(builder_config: CamSynthConfig | str | None, split: str,
+                    index: int) -> list[tuple[str, np.ndarray]]:
+  """`(name, mask_HW bool)` of every object in example `index` of `split`
+  (`render_example`'s `objects`: the labelled class's instances, then the distractors)."""
+  return regenerate_example(builder_config, split, index)['objects']

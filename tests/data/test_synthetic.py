@@ -1,11 +1,18 @@
 """cam_synth: what the dataset promises, checked on drawn examples and a prepared split."""
 
+import collections
+import hashlib
+
 import numpy as np
 import pytest
 
 from cam_jax import boxes as boxes_lib
 from cam_jax import data
 from cam_jax.data import synthetic
+
+
+# sha256 of the first five test images and masks of cam_synth/default 1.2.0.
+_DIGEST_1_2_0 = '3c15a944eb5342f457cfaf484ebd017274041c077810122210d01d75deca0e67'
 
 
 def _examples(n, size=64, num_classes=10, split=0):
@@ -78,3 +85,63 @@ def test_prepared_split_reads_back_with_every_feature(tiny_data_dir):
 def test_unknown_builder_config_is_named():
   with pytest.raises(ValueError, match="cam_synth"):
     data.get_builder('cam_synth', 'huge')
+
+
+def test_objects_are_named_exact_disjoint_and_make_up_the_mask():
+  names = set(synthetic.object_names(10))
+  for ex in _examples(150) + _examples(150, size=32, num_classes=4):
+    objects = ex['objects']
+    classes = [m for name, m in objects if not name.startswith('distractor:')]
+    distractors = [name for name, _ in objects if name.startswith('distractor:')]
+    # The labelled instances come first, named by the class, one per box; then 0-2
+    # distractors (0 only when none could be placed).
+    assert [name for name, _ in objects[:len(classes)]] == (
+        [synthetic.CLASS_NAMES[ex['label']]] * len(ex['boxes']))
+    assert len(distractors) <= 2 and {name for name, _ in objects} <= names
+    count_HW = np.zeros(ex['mask'].shape, int)
+    for name, mask_HW in objects:
+      assert mask_HW.dtype == bool and mask_HW.any(), name
+      # Exact pixels: the image holds the object's single colour on all of them.
+      assert len(np.unique(ex['image'][mask_HW], axis=0)) == 1, name
+      count_HW += mask_HW
+    assert count_HW.max() == 1  # objects are placed apart: disjoint masks
+    np.testing.assert_array_equal(np.any(classes, axis=0), ex['mask'] == 1)
+
+
+def test_both_distractor_kinds_are_drawn():
+  counts = collections.Counter(name for ex in _examples(100) for name, _ in ex['objects']
+                               if name.startswith('distractor:'))
+  assert set(counts) == {'distractor:zigzag', 'distractor:cross'}
+
+
+def test_drawing_is_unchanged_since_1_2_0():
+  """The prepared cam_synth 1.2.0 holds these pixels: a change here changes the dataset
+  (bump the builder's VERSION) and every stored example's objects."""
+  digest = hashlib.sha256()
+  for ex in _examples(5, split=1):
+    digest.update(ex['image'].tobytes())
+    digest.update(ex['mask'].tobytes())
+  assert digest.hexdigest() == _DIGEST_1_2_0
+
+
+def test_regenerated_examples_are_the_stored_ones(tiny_data_dir):
+  builder = data.get_builder('cam_synth', 'tiny', tiny_data_dir)
+  for split, indices in (('train', (0, 255)), ('test', (0, 17, 63)), ('validation', (9,))):
+    source = builder.as_data_source(split)
+    for index in indices:
+      ex = synthetic.regenerate_example('tiny', split, index)
+      np.testing.assert_array_equal(source[index]['image'], ex['image'])
+      assert source[index]['label'] == ex['label']
+      objects = synthetic.example_objects(builder.builder_config, split, index)
+      assert [n for n, _ in objects] == [n for n, _ in ex['objects']]
+      for (_, a), (_, b) in zip(objects, ex['objects']):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_regenerating_outside_the_dataset_is_an_error():
+  with pytest.raises(ValueError, match="no split 'val'"):
+    synthetic.example_objects('tiny', 'val', 0)
+  with pytest.raises(IndexError, match='64 examples, no index 64'):
+    synthetic.example_objects('tiny', 'test', 64)
+  with pytest.raises(ValueError, match="no builder config 'huge'"):
+    synthetic.example_objects('huge', 'test', 0)
