@@ -1,7 +1,9 @@
 """Concept localization in weakly labelled images (paper Sec. 4.2, Fig. 10): `--mode=concept`.
 
-A concept (a short phrase, "mirror in lake") is given by two folders of images: positives,
-which show it (their captions contain the phrase), and negatives, which do not. On the GAP
+A concept (a short phrase, "mirror in lake") is given by two sets of images, each one or
+more folders (`concept.positives`, `concept.negatives`: comma-separated, read
+recursively): positives, which show it (their captions contain the phrase), and
+negatives, which do not. On the GAP
 features of a network (`config.transfer.source`, cam_jax.features), a linear detector is
 learned with hard-negative mining, as the paper does after Zhou et al. (ConceptLearner,
 CVPR 2015): a linear SVM (hinge, L2, `concept.svm_c`) on the positives against
@@ -79,18 +81,25 @@ def mine_detector(x_pos: np.ndarray, x_neg: np.ndarray, *, c: float, rounds: int
   return kernel, bias, history
 
 
-def _folder_source(path: str, label: int, what: str) -> folders.FolderSource:
-  if not path:
-    raise ValueError(f'config.concept.{what} is not set: a folder of images')
-  path = os.path.expanduser(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'config.concept.{what}={path!r} is not a folder')
-  files = folders.list_class_images(path)
-  if not files:
-    raise ValueError(f'config.concept.{what}={path!r} holds no image '
-                     f'({", ".join(folders.IMAGE_EXTENSIONS)})')
-  return folders.FolderSource(root=path, split=what, paths=files,
-                              labels=np.full(len(files), label, np.int64), boxes={})
+def _folder_source(spec: str, label: int, what: str) -> folders.FolderSource:
+  """The images under the folders of `spec` (comma-separated), recursively, named by
+  their paths as given."""
+  if not spec:
+    raise ValueError(f'config.concept.{what} is not set: a folder of images (or several, '
+                     'comma-separated)')
+  paths = []
+  for folder in (f.strip() for f in spec.split(',') if f.strip()):
+    full = os.path.expanduser(folder)
+    if not os.path.isdir(full):
+      raise FileNotFoundError(f'config.concept.{what}: {folder!r} is not a folder')
+    files = folders.list_class_images(full)
+    if not files:
+      raise ValueError(f'config.concept.{what}: {folder!r} holds no image '
+                       f'({", ".join(folders.IMAGE_EXTENSIONS)})')
+    paths += [os.path.join(full, f) for f in files]
+  # Paths as given (relative to the current folder, or absolute): root '' keeps them.
+  return folders.FolderSource(root='', split=what, paths=paths,
+                              labels=np.full(len(paths), label, np.int64), boxes={})
 
 
 def _concept_maps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, source,
@@ -145,7 +154,7 @@ def run_concept(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         crop=config.data.eval_crop, resize_shorter=config.data.eval_resize_shorter,
         cache_dir=os.path.join(out_dir, 'features', name),
         fingerprint={'checkpoint': os.path.abspath(where), 'model': meta['model'],
-                     'folder': os.path.abspath(source.root), 'files': source.image_ids},
+                     'files': [os.path.abspath(p) for p in source.image_ids]},
         num_threads=config.data.num_threads, num_workers=config.data.num_workers)
   x_pos, x_neg = feats['positives'].pooled_NK, feats['negatives'].pooled_NK
   kernel, bias, history = mine_detector(
@@ -160,7 +169,7 @@ def run_concept(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   shown = _concept_maps(config, detector, mesh, positives, top[:ccfg.num_pictures])
   report = {
       'source': os.path.abspath(where), 'source_model': meta['model'],
-      'positives': os.path.abspath(positives.root), 'negatives': os.path.abspath(negatives.root),
+      'positives': ccfg.positives, 'negatives': ccfg.negatives,
       'num_positives': len(x_pos), 'num_negatives': len(x_neg),
       'svm_c': float(ccfg.svm_c), 'rounds': [
           {'round': h['round'], 'num_negatives': len(h['negatives']),
@@ -180,8 +189,8 @@ def run_concept(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
                         config.viz.colormap, valid_HW=valid_HW)
       pic = viz.draw_boxes(pic, np.array([s['box']]), (255, 0, 0), viz.box_width(s['orig_hw']))
       pic, _ = viz.fit(pic, 160, 128)
-      tiles.append(viz.titled(pic, f'{positives.image_ids[s["index"]]} '
-                              f'{pos_scores[s["index"]]:+.2f}'))
+      name = os.path.basename(positives.image_ids[s['index']])
+      tiles.append(viz.titled(pic, f'{name} {pos_scores[s["index"]]:+.2f}'))
     if tiles:
       viz.save_png(os.path.join(out_dir, 'concept.png'), viz.grid(tiles, min(len(tiles), 4)))
     io_utils.atomic_write_json(os.path.join(out_dir, 'detector.json'),

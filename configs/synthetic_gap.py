@@ -13,6 +13,15 @@ CPU's float rounding; benchmarks/RESULTS.md).
 `--config=configs/synthetic_gap.py:tiny` is a few steps on 32×32 images, for tests and
 smoke runs (seconds).
 
+`:novel_shapes` is the target of `--mode=transfer` (paper Sec. 4): the default network's
+GAP features, frozen, on six shapes it never saw (a folder dataset the first command
+writes), a linear SVM on them and the SVM's CAMs of the new classes (README, "The rest of
+the paper"):
+
+  python -m cam_jax.data.novel_shapes --root=data/novel_shapes
+  python -m cam_jax.main --config=configs/synthetic_gap.py:novel_shapes \
+      --workdir=runs/novel_shapes --mode=transfer
+
 `:protocols` adds the reference protocols as evaluators (`config.evals`): the released
 ILSVRC pipeline of zhoubolei/CAM (`cam_official`: ten crops, dt_box) and Choe et al.'s
 (`wsolevaluation`: MaxBoxAcc, MaxBoxAccV2 with OpenCV), for `--mode=evaluate` of a
@@ -46,7 +55,7 @@ paper's claims as sweeps"):
 
 from configs import common
 
-_VARIANTS = ('tiny', 'protocols')
+_VARIANTS = ('tiny', 'protocols', 'novel_shapes')
 # Each sweep's base variants: `:sweep_smoke` is the `tiny` config.
 _SWEEPS = {'sweep_smoke': ('tiny',), 'sweep_pooling': (), 'sweep_saliency': ('evaluate_only',),
            'sweep_map_resolution': ()}
@@ -98,6 +107,16 @@ def get_config(arg: str | None = None):
     config.evals.official = dict(type='cam_official', batch_size=16)
     # The operating τ chosen on the validation images, reported on test beside the max.
     config.evals.wsol = dict(type='wsolevaluation', select_split='validation')
+  if 'novel_shapes' in variants:
+    # --mode=transfer's target (paper Sec. 4): shapes the network never saw, a folder
+    # dataset with boxes (python -m cam_jax.data.novel_shapes --root=data/novel_shapes).
+    config.data.name = 'folders'
+    config.data.folders.root = 'data/novel_shapes'
+    config.data.folders.boxes_file = 'data/novel_shapes/boxes.txt'
+    config.data.select_split = 'validation'
+    config.transfer.source = 'runs/synthetic'
+    config.transfer.validation_split = 'validation'
+    config.transfer.crops = ('full', 'cam', 'gt')
   if 'evaluate_only' in variants:
     # The weights of another run, evaluated as they are: no step, the head kept.
     config.init_from.workdir = 'runs/synthetic'

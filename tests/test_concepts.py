@@ -78,12 +78,15 @@ def _concept_config(pos, neg, source):
 def test_run_concept_writes_the_detector_rounds_and_cams(workdir, tmp_path):
   root = str(tmp_path / 'shapes')
   novel_shapes.write(root, per_class={'train': 8}, image_size=32)
+  # Every shape but the pentagon: two folders given as they are, the rest through a link.
   negatives = tmp_path / 'negatives'
   negatives.mkdir()
-  for name in novel_shapes.CLASS_NAMES[1:]:  # every shape but the pentagon
+  for name in novel_shapes.CLASS_NAMES[3:]:
     os.symlink(os.path.join(root, 'train', name), negatives / name)
+  others = ','.join(os.path.join(root, 'train', n) for n in novel_shapes.CLASS_NAMES[1:3])
   out = str(tmp_path / 'run')
-  config = _concept_config(os.path.join(root, 'train', 'pentagon'), str(negatives), workdir)
+  config = _concept_config(os.path.join(root, 'train', 'pentagon'),
+                           f'{others},{negatives}', workdir)
   report = concepts.run_concept(config, out)
   with open(os.path.join(out, 'concept', 'concept.json')) as f:
     saved = json.load(f)
@@ -105,7 +108,7 @@ def test_run_concept_writes_the_detector_rounds_and_cams(workdir, tmp_path):
 def test_missing_folders_are_named(workdir, tmp_path):
   with pytest.raises(ValueError, match='concept.positives is not set'):
     concepts.run_concept(_concept_config(None, str(tmp_path), workdir), str(tmp_path))
-  with pytest.raises(FileNotFoundError, match='concept.positives=.*nowhere.* not a folder'):
+  with pytest.raises(FileNotFoundError, match="concept.positives: '.*nowhere' is not a folder"):
     concepts.run_concept(_concept_config(str(tmp_path / 'nowhere'), str(tmp_path), workdir),
                          str(tmp_path))
   with pytest.raises(ValueError, match='holds no image'):
