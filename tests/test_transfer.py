@@ -20,6 +20,7 @@ from cam_jax.data import conventions
 from cam_jax.data import novel_shapes
 from cam_jax.data import pipeline
 from configs import synthetic_gap
+from tests import multiprocess
 from tests.square_detector import workdir  # pylint: disable=unused-import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,9 +129,15 @@ def _transfer_config(novel_root, source, crops=('full', 'cam', 'gt')):
   return config
 
 
-def test_run_transfer_writes_svms_crops_and_their_cams(novel, workdir, tmp_path):
-  out = str(tmp_path / 'run')
-  results = transfer.run_transfer(_transfer_config(novel, workdir), out)
+@pytest.fixture(scope='module')
+def single(novel, workdir, tmp_path_factory):
+  """One process's transfer to the novel shapes, every crop: `(workdir, results)`."""
+  out = str(tmp_path_factory.mktemp('transfer') / 'one')
+  return out, transfer.run_transfer(_transfer_config(novel, workdir), out)
+
+
+def test_run_transfer_writes_svms_crops_and_their_cams(novel, workdir, single):
+  out, results = single
   with open(os.path.join(out, 'transfer', 'eval.json')) as f:
     saved = json.load(f)
   t = saved['transfer']
@@ -197,3 +204,41 @@ def test_cub_recipe_runs_end_to_end_on_the_fake_cub(workdir, tmp_path):
   # The table has the paper's numbers beside ours.
   assert '63.0' in proc.stdout and '67.8' in proc.stdout and '70.5' in proc.stdout
   assert '41.0' in proc.stdout
+
+
+def test_two_processes_transfer_as_one_does(novel, workdir, single, tmp_path):
+  """2 processes × 2 CPU devices (`python -m tests.test_transfer`, below) against one: the
+  features each process wrote are read by both, the boxes gathered, the SVMs the same."""
+  one_dir, one = single
+  out = str(tmp_path / 'two')
+  multiprocess.run([novel, workdir, out], module='tests.test_transfer', num_processes=2,
+                   devices_per_process=2, log_dir=str(tmp_path / 'logs'), timeout=240)
+  with open(os.path.join(out, 'transfer', 'eval.json')) as f:
+    two = json.load(f)
+  parts = os.listdir(os.path.join(out, 'transfer', 'features', 'test-test-full'))
+  assert sorted(parts) == ['meta.json', 'part-0-of-2.chunk-00000.npz',
+                           'part-1-of-2.chunk-00000.npz']
+  for crop in ('full', 'cam', 'gt'):
+    a, b = (np.load(os.path.join(d, 'transfer', 'features', f'train-train-{crop}',
+                                 'part-0-of-1.chunk-00000.npz' if d.endswith('one') else
+                                 'part-0-of-2.chunk-00000.npz'))
+            for d in (one_dir, out))
+    rows = np.searchsorted(a['indices'], b['indices'])  # process 0's share of the rows
+    np.testing.assert_allclose(b['pooled'], a['pooled'][rows], rtol=1e-5, atol=1e-5)
+  for key in ('cls_top1_error', 'gt_known_loc_accuracy', 'max_box_acc', 'num_images'):
+    assert two[key] == pytest.approx(one[key]), key
+  t1, t2 = one['transfer'], two['transfer']
+  assert t2['cam_box_accuracy'] == pytest.approx(t1['cam_box_accuracy'])
+  for crop in ('full', 'cam', 'gt'):
+    for key in ('svm_c', 'test_accuracy', 'num_train', 'num_test'):
+      assert t2['crops'][crop][key] == pytest.approx(t1['crops'][crop][key]), (crop, key)
+
+
+def _process_main(novel_root: str, source: str, out: str) -> None:
+  """One process of `test_two_processes_transfer_as_one_does` (the launcher's variables
+  make it join the others)."""
+  transfer.run_transfer(_transfer_config(novel_root, source), out)
+
+
+if __name__ == '__main__':
+  _process_main(*sys.argv[1:])

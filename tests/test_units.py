@@ -295,6 +295,20 @@ def test_two_processes_write_what_one_writes(workdir, tiny_data_dir, tmp_path):
       assert json.load(f) == one
 
 
+def test_main_units_mode_takes_checkpoint_and_output_dir(workdir, tiny_data_dir, tmp_path):
+  """The entry point's wiring: --mode=units with --checkpoint and --output_dir."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = str(tmp_path / 'units_out')
+  cmd = [sys.executable, '-m', 'cam_jax.main', '--config=configs/synthetic_gap.py:tiny',
+         f'--workdir={tmp_path / "elsewhere"}', '--mode=units', f'--checkpoint={workdir}',
+         f'--output_dir={out}', f'--config.data.data_dir={tiny_data_dir}']
+  proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, 'PYTHONPATH': repo})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert {'units.json', 'units.md', 'units.png'} <= set(os.listdir(out))
+
+
 def _process_main(workdir: str, data_dir: str, output_dir: str) -> None:
   """One process of `test_two_processes_write_what_one_writes` (the launcher's variables
   make it join the others); its report goes to summary_<process>.json beside
@@ -308,16 +322,3 @@ def _process_main(workdir: str, data_dir: str, output_dir: str) -> None:
 if __name__ == '__main__':
   _process_main(*sys.argv[1:])
 
-
-def test_main_units_mode_takes_checkpoint_and_output_dir(workdir, tiny_data_dir, tmp_path):
-  """The entry point's wiring: --mode=units with --checkpoint and --output_dir."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = str(tmp_path / 'units_out')
-  cmd = [sys.executable, '-m', 'cam_jax.main', '--config=configs/synthetic_gap.py:tiny',
-         f'--workdir={tmp_path / "elsewhere"}', '--mode=units', f'--checkpoint={workdir}',
-         f'--output_dir={out}', f'--config.data.data_dir={tiny_data_dir}']
-  proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=300,
-                        env={**os.environ, 'PYTHONPATH': repo})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert {'units.json', 'units.md', 'units.png'} <= set(os.listdir(out))
