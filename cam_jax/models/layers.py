@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cam_jax.models import cpu_ops
+
 
 class ConvBNReLU(nnx.Module):
   """Convolution, optional BatchNorm, optional ReLU.
@@ -22,7 +24,9 @@ class ConvBNReLU(nnx.Module):
     pad = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
     self.conv = nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
                          padding=pad, feature_group_count=groups, use_bias=not batch_norm,
-                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                         # XLA's own op except on CPU, where its gradients are slow.
+                         conv_general_dilated=cpu_ops.conv_general_dilated)
     self.bn = (nnx.BatchNorm(out_ch, momentum=0.9, epsilon=bn_epsilon, dtype=dtype,
                              param_dtype=param_dtype, rngs=rngs) if batch_norm else None)
     self.relu = relu
@@ -99,8 +103,9 @@ def max_pool(x: jax.Array, window: int, stride: int, *, padding: int = 0,
       out -= 1
     extra = max(0, (out - 1) * stride + window - size - 2 * padding)
     pads.append((padding, padding + extra))
-  return nnx.max_pool(jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf),
-                      (window, window), strides=(stride, stride), padding='VALID')
+  if any(pads_ != (0, 0) for pads_ in pads):
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+  return cpu_ops.max_pool(x, window, stride)
 
 
 def adaptive_avg_pool(x_BHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:

@@ -60,7 +60,7 @@ class SmallGAP(nnx.Module):
     x = images_BHWC
     for stride, stage in zip(self.stage_strides, self.stages):
       if stride > 1:
-        x = nnx.max_pool(x, (stride, stride), strides=(stride, stride))
+        x = layers.max_pool(x, stride, stride)
       for block in stage:
         x = block(x, train)
     feats_BhwK = self.cam_conv(x, train)

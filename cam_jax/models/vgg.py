@@ -40,7 +40,7 @@ class VGGTrunk(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for layer in self.layers:
-      x = nnx.max_pool(x, (2, 2), strides=(2, 2)) if layer is None else layer(x, train)
+      x = layers.max_pool(x, 2, 2) if layer is None else layer(x, train)
     return x
 
 
@@ -89,7 +89,7 @@ class VGG16(nnx.Module):
 
   def logits_from_features(self, feats_BhwK: jax.Array, train: bool = False) -> jax.Array:
     """What follows `aux['features']` (conv5_3): pool5, the classifier (Grad-CAM's d/df)."""
-    x = layers.adaptive_avg_pool(nnx.max_pool(feats_BhwK, (2, 2), strides=(2, 2)), (7, 7))
+    x = layers.adaptive_avg_pool(layers.max_pool(feats_BhwK, 2, 2), (7, 7))
     # Flattened in (h, w, c) order; torchvision flattens (c, h, w): same count, other layout.
     x = x.reshape(x.shape[0], -1)
     x = self.dropout(nnx.relu(self.fc6(x)), deterministic=not train)
