@@ -25,6 +25,7 @@ program is lowered for its platform, so one traced function serves both.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Sequence
 
 import jax
@@ -34,8 +35,9 @@ from jax import lax
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 # Read when a function is traced: False traces the plain ops on every platform (the
-# benchmarks' A/B comparisons; gradient-equality tests).
-ENABLED = True
+# benchmarks' A/B comparisons, gradient-equality tests). CAM_JAX_CPU_OPS=0 in the
+# environment turns them off for a whole run.
+ENABLED = os.environ.get('CAM_JAX_CPU_OPS', '1') != '0'
 
 
 # ---------------------------------------------------------------------------

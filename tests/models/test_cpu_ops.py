@@ -55,12 +55,17 @@ def _close(a, b, dtype):
   np.testing.assert_allclose(a / scale, b / scale, atol=TOLERANCE[dtype])
 
 
+# Each configuration once, under the first family that has it.
+_UNIQUE_CONVS = list({c: f for f, cs in reversed(CONVS.items()) for c in cs}.items())
+_UNIQUE_POOLS = list({p: f for f, ps in reversed(POOLS.items()) for p in ps}.items())
+
+
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-@pytest.mark.parametrize('family,conv', [(f, c) for f, cs in CONVS.items() for c in cs])
+@pytest.mark.parametrize('conv,family', _UNIQUE_CONVS)
 def test_conv_values_and_gradients_equal_the_plain_op(family, conv, dtype):
   kernel, stride, padding, groups = conv
   rng = np.random.default_rng(zlib.crc32(repr((family, conv)).encode()))
-  size = 23 if kernel >= 7 else 9
+  size = 19 if kernel >= 7 else 9
   x = jnp.asarray(rng.normal(size=(2, size, size, 4)), dtype)
   k = jnp.asarray(rng.normal(size=(kernel, kernel, 4 // groups, 6)), dtype)
   pads = padding if isinstance(padding, str) else [(padding, padding)] * 2
@@ -77,7 +82,7 @@ def test_conv_values_and_gradients_equal_the_plain_op(family, conv, dtype):
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-@pytest.mark.parametrize('family,pool', [(f, p) for f, ps in POOLS.items() for p in ps])
+@pytest.mark.parametrize('pool,family', _UNIQUE_POOLS)
 def test_max_pool_gradients_equal_xlas_ties_included(family, pool, dtype):
   """Small integers make many ties: the gradient goes to the first maximum of each
   window, as XLA's does."""
@@ -94,8 +99,7 @@ def test_max_pool_gradients_equal_xlas_ties_included(family, pool, dtype):
   _close(g, g0, dtype)
 
 
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-def test_a_whole_network_trains_the_same(dtype):
+def test_a_whole_network_trains_the_same(dtype='float32'):
   model = models.get_model('tiny_gap', num_classes=4, rngs=nnx.Rngs(0), dtype=jnp.dtype(dtype))
   graphdef, state = nnx.split(model)
   images = jnp.asarray(np.random.default_rng(1).normal(size=(4, 32, 32, 3)), jnp.float32)
