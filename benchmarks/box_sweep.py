@@ -1,8 +1,9 @@
 r"""The threshold sweep against labelling, on CAM-like 224 x 224 maps.
 
-  python benchmarks/box_sweep.py [--maps=20] [--rounds=5] [--interval=0.01] [--numba]
+  python benchmarks/box_sweep.py [--maps=20] [--rounds=5] [--interval=0.01]
+                                 [--baseline=FILE] [--numba]
 
-About 30 s as is on 2 cores; `--interval=0.001 --maps=8 --rounds=3` about 1 min.
+About 10 s as is on 2 cores; `--interval=0.001 --maps=8 --rounds=3` about 1 min.
 
 Maps: a 14 x 14 normal random map upsampled bilinearly to 224 x 224 with half-pixel
 centres (`box_stage.on_input_grid`, as `cam.class_activation_maps` resizes), then min-max
@@ -18,19 +19,21 @@ machine falls on all of them alike:
   (e) the sweep of every component: `box_sweep.sweep_boxes(map, grid)`.
 
 The goal is (c) <= 5 x (a). Before timing, (c) and (e) are checked equal to (b) and
-(d) on every map. `--numba` (numba installed; not a dependency of cam_jax) adds two
-largest-box sweeps compiled with numba, to tell what compiling would buy:
+(d) on every map. `--baseline=FILE` adds (c0) and (e0), (c) and (e) from another
+version of box_sweep.py, checked and timed alongside: a before/after in one process,
+for instance with `git show HEAD:cam_jax/box_sweep.py > /tmp/box_sweep_head.py`.
+`--numba` (numba installed; not a dependency of cam_jax) adds
 
-  (f) union-find over the pixels in level order (levels from `box_sweep`);
-  (g) box_sweep's own algorithm with its whole-map passes (levels, ascent pointers,
-      basins, per-basin tables, basin pairs) as numba loops, the rest box_sweep's.
+  (f) a largest-box sweep compiled with numba: union-find over the pixels in level
+      order, to tell what compiling the obvious algorithm would buy.
 
-The sweep makes about fifteen map-sized temporaries. Where glibc serves them as fresh
-pages rather than from its heap (it varies from run to run), the page faults add up to
-~0.7 ms per map on the 2-core VM; MALLOC_MMAP_THRESHOLD_=100000000
-MALLOC_TRIM_THRESHOLD_=1000000000 in the environment keeps them on the heap.
+The sweep keeps its map-sized temporaries from one call to the next; before it did,
+page faults on fresh ones cost ~0.3 ms per map on the 2-core VM, depending on how glibc
+hands memory back (MALLOC_MMAP_THRESHOLD_=100000000 MALLOC_TRIM_THRESHOLD_=1000000000 in
+the environment showed it).
 """
 
+import importlib.util
 import os
 import sys
 import time
@@ -47,6 +50,8 @@ _MAPS = flags.DEFINE_integer('maps', 20, 'Number of maps.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Timed rounds; the median is reported.')
 _INTERVAL = flags.DEFINE_float('interval', 0.01, 'Threshold grid step.')
 _SIZE = flags.DEFINE_integer('size', 224, 'Map side.')
+_BASELINE = flags.DEFINE_string('baseline', None,
+                                'Another box_sweep.py to time alongside, as (c0) and (e0).')
 _NUMBA = flags.DEFINE_bool('numba', False, 'Also time a numba union-find (needs numba).')
 
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
@@ -62,7 +67,7 @@ def labelled_component_boxes(mask_HW: np.ndarray) -> np.ndarray:
 
 
 def make_numba_sweeps():
-  """(f) and (g): largest box at every τ (non-strict), as functions of (map, grid)."""
+  """(f): largest box at every τ (non-strict), as a function of (map, grid)."""
   import numba  # pylint: disable=g-import-not-at-top
 
   @numba.njit
@@ -133,117 +138,14 @@ def make_numba_sweeps():
         out[j] = (stats[best, 1], stats[best, 2], stats[best, 3], stats[best, 4])
     return out
 
-  @numba.njit
-  def basin_passes(values, descending, height, width):
-    n = height * width
-    num_levels = descending.size
-    level = np.empty(n, np.int32)
-    top, bottom = descending[0], descending[num_levels - 1]
-    scale = (num_levels - 1) / (top - bottom) if top > bottom else 0.0
-    for p in range(n):  # a guess from a uniform grid, then exact comparisons
-      v = values[p]
-      j = min(max(int((top - v) * scale + 1.0), 0), num_levels) if scale > 0 else 0
-      while j < num_levels and not v >= descending[j]:
-        j += 1
-      while j > 0 and v >= descending[j - 1]:
-        j -= 1
-      level[p] = j
-    bits = values.view(np.int32)
-    stride = width + 2
-    keys = np.full((height + 2) * stride, -1, np.int64)
-    for p in range(n):
-      y = p // width
-      folded = np.int64(bits[p] ^ ((bits[p] >> 31) & 0x7FFFFFFF)) + (1 << 31)
-      keys[(y + 1) * stride + p - y * width + 1] = (folded << 20) | p
-    pointer = np.empty(n, np.int32)
-    for y in range(height):
-      for x in range(width):
-        best = -1
-        for row in range(y * stride + x, (y + 3) * stride + x, stride):
-          best = max(best, keys[row], keys[row + 1], keys[row + 2])
-        pointer[y * width + x] = best & 0xFFFFF
-    basin = np.zeros(n, np.int32)
-    num_basins = 0
-    for p in range(n):
-      if pointer[p] == p and level[p] < num_levels:
-        num_basins += 1
-        basin[p] = num_basins
-    for p in range(n):
-      if level[p] < num_levels and basin[p] == 0:
-        q = p
-        while basin[q] == 0:
-          q = pointer[q]
-        b, q = basin[q], p
-        while basin[q] == 0:
-          basin[q] = b
-          q = pointer[q]
-    cols = num_basins + 1
-    size = (num_levels + 1) * cols
-    tables = np.empty((5, size), np.int64)
-    tables[0] = 0
-    tables[1] = n
-    tables[2] = 1
-    tables[3] = width
-    tables[4] = 1
-    earliest = np.full(cols * cols, num_levels, np.int64)
-    for p in range(n):
-      y = p // width
-      x = p - y * width
-      c = level[p] * cols + basin[p]
-      tables[0, c] += 1
-      tables[1, c] = min(tables[1, c], p)
-      tables[2, c] = min(tables[2, c], -p)
-      tables[3, c] = min(tables[3, c], x)
-      tables[4, c] = min(tables[4, c], -x)
-      a = basin[p]
-      if a == 0:
-        continue
-      for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
-        if y + dy < height and 0 <= x + dx < width:
-          q = p + dy * width + dx
-          b = basin[q]
-          if b != 0 and b != a:
-            k = min(a, b) * cols + max(a, b)
-            earliest[k] = min(earliest[k], max(level[p], level[q]))
-    return tables, earliest, num_basins
-
   def sweep(map_HW, grid_T):
-    values_HW, grid_T = box_sweep._check_inputs(map_HW, grid_T)  # pylint: disable=protected-access
-    num_levels = grid_T.size
-    ascending = np.argsort(grid_T, kind='stable')
-    level_N = num_levels - box_sweep._count_passed(  # pylint: disable=protected-access
-        values_HW.ravel(), grid_T[ascending], False)
-    boxes_L4 = sweep_levels(level_N, *values_HW.shape, num_levels)
-    level_T = np.empty(num_levels, np.intp)
-    level_T[ascending] = np.arange(num_levels - 1, -1, -1)
-    return boxes_L4[level_T]
+    # Thresholds rounded to the map's dtype, ascending, and each τ's level, as box_sweep.
+    values_HW, plan, _ = box_sweep._check_inputs(map_HW, grid_T)  # pylint: disable=protected-access
+    num_levels = plan.ascending_T.size
+    level_N = num_levels - plan.ascending_T.searchsorted(values_HW.ravel(), 'right')
+    return sweep_levels(level_N, *values_HW.shape, num_levels)[plan.level_T]
 
-  def basin_sweep(map_HW, grid_T):
-    # pylint: disable=protected-access
-    values_HW, grid_T = box_sweep._check_inputs(map_HW, grid_T)
-    assert values_HW.dtype == np.float32
-    height, width = values_HW.shape
-    num_levels = grid_T.size
-    ascending = np.argsort(grid_T, kind='stable')
-    tables, earliest, num_basins = basin_passes(values_HW.ravel(), grid_T[ascending][::-1].copy(),
-                                                height, width)
-    pair = np.flatnonzero(earliest < num_levels)
-    join = earliest[pair]
-    order = np.argsort(join, kind='stable')
-    low, high = np.divmod(pair[order], num_basins + 1)
-    order_B, join_B = box_sweep._leaf_order((join[order].tolist(), low.tolist(), high.tolist()),
-                                            num_basins, num_levels)
-    tables = tables.reshape(5, num_levels + 1, num_basins + 1)[:, :num_levels, 1:]
-    np.cumsum(tables[0], axis=0, out=tables[0])
-    np.minimum.accumulate(tables[1:], axis=1, out=tables[1:])
-    largest_L4 = box_sweep._components(tables, order_B, join_B, 0, height * width, width,
-                                       False)[0]
-    largest_L4[(largest_L4 < 0).any(axis=1)] = (0, 0, width - 1, height - 1)
-    level_T = np.empty(num_levels, np.intp)
-    level_T[ascending] = np.arange(num_levels - 1, -1, -1)
-    return largest_L4[level_T]
-
-  return sweep, basin_sweep
+  return sweep
 
 
 def main(argv):
@@ -264,21 +166,29 @@ def main(argv):
           labelled_component_boxes(m >= t) for t in grid_T.tolist()],
       '(e) sweep, every component': lambda m: box_sweep.sweep_boxes(m, grid_T),
   }
+  checked = ['(c) sweep, largest box']
+  if _BASELINE.value:
+    spec = importlib.util.spec_from_file_location('baseline_box_sweep', _BASELINE.value)
+    baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline)
+    methods['(c0) baseline sweep, largest box'] = (
+        lambda m: baseline.sweep_largest_boxes(m, grid_T))
+    methods['(e0) baseline sweep, every component'] = lambda m: baseline.sweep_boxes(m, grid_T)
+    checked.append('(c0) baseline sweep, largest box')
   if _NUMBA.value:
-    union_find_sweep, basin_sweep = make_numba_sweeps()
+    union_find_sweep = make_numba_sweeps()
     methods['(f) numba union-find, largest box'] = lambda m: union_find_sweep(m, grid_T)
-    methods['(g) numba passes of the sweep, largest box'] = lambda m: basin_sweep(m, grid_T)
+    checked.append('(f) numba union-find, largest box')
 
   for map_HW in maps:  # exactness first (and warm-up, numba's compile included)
-    swept = box_sweep.sweep_boxes(map_HW, grid_T)
-    np.testing.assert_array_equal(swept.largest_T4, methods['(b) labelling at each τ'](map_HW))
-    for got, want in zip(swept.components,
-                         methods['(d) labelling at each τ, every component'](map_HW)):
-      np.testing.assert_array_equal(got, want)
-    if _NUMBA.value:
-      for name in ('(f) numba union-find, largest box',
-                   '(g) numba passes of the sweep, largest box'):
-        np.testing.assert_array_equal(methods[name](map_HW), swept.largest_T4, err_msg=name)
+    labelled_T4 = methods['(b) labelling at each τ'](map_HW)
+    for name in checked:
+      np.testing.assert_array_equal(methods[name](map_HW), labelled_T4, err_msg=name)
+    labelled = methods['(d) labelling at each τ, every component'](map_HW)
+    for name in methods:
+      if name.startswith('(e'):
+        for got, want in zip(methods[name](map_HW).components, labelled):
+          np.testing.assert_array_equal(got, want, err_msg=name)
 
   times = {name: [] for name in methods}
   for _ in range(_ROUNDS.value):
@@ -296,7 +206,7 @@ def main(argv):
   print('| method | ms per map | x (a) |')
   print('|---|---:|---:|')
   for name, seconds in per_map.items():
-    print(f'| {name} | {seconds * 1e3:.3f} | {seconds / one:.1f} |')
+    print(f'| {name} | {seconds * 1e3:.3f} | {seconds / one:.2f} |')
   print(f'sweep vs labelling at each τ: largest box {per_map["(b) labelling at each τ"] / per_map["(c) sweep, largest box"]:.1f}x faster, '
         f'every component {per_map["(d) labelling at each τ, every component"] / per_map["(e) sweep, every component"]:.1f}x faster')
 

@@ -5,6 +5,8 @@ reference for every τ is scipy: `boxes.largest_component_box` on the mask for t
 largest component, `ndimage.label` + `find_objects` for every component.
 """
 
+import concurrent.futures
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -121,6 +123,123 @@ def test_threshold_grids(thresholds):
   map_HW = rng.integers(0, 5, (12, 10)).astype(np.float32) + rng.random((12, 10)) * 0.5
   _check_against_labelling(map_HW, np.asarray(thresholds), False)
   _check_against_labelling(map_HW, np.asarray(thresholds), True)
+
+
+# --- levels and keys: the near-uniform grid path and the searchsorted path -----------
+
+
+def _levels_keys(map_HW, thresholds_T, strict):
+  """box_sweep's levels (unpadded) and keys (padded) for this map, and whether the
+  near-uniform grid path gave them."""
+  values_HW, plan, value_range = box_sweep._check_inputs(map_HW, thresholds_T)
+  grid = box_sweep._grid(*values_HW.shape)
+  index_bits = max(1, (grid.raster_P.size - 1).bit_length())
+  uniform = box_sweep._position_levels_and_keys(values_HW, plan, strict, value_range, grid,
+                                                index_bits) is not None
+  level_P, keys_P, _ = box_sweep._levels_and_keys(values_HW, plan, strict, value_range, grid)
+  height, width = values_HW.shape
+  level_HW = level_P.reshape(grid.rows, grid.cols)[:height, :width].copy()
+  return level_HW, keys_P.reshape(grid.rows, grid.cols)[:height, :width].copy(), uniform
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('strict', [False, True])
+@pytest.mark.parametrize('grid_T', [
+    np.arange(0, 1, 0.01),  # MaxBoxAcc's grid
+    np.arange(0, 1, 0.001),
+    np.linspace(-3, 7, 37),
+    np.array([0.25, 0.75]),
+])
+def test_levels_on_uniform_grids_equal_searchsorted(dtype, strict, grid_T):
+  # Values on every threshold, one ulp either side, and random ones, inside and
+  # outside the grid's range: the fixed-point positions must count exactly.
+  rng = np.random.default_rng(7)
+  taus = grid_T.astype(dtype)
+  values = np.concatenate([taus, np.nextafter(taus, np.inf), np.nextafter(taus, -np.inf),
+                           rng.uniform(grid_T[0] - 1, grid_T[-1] + 1, 2000)]).astype(dtype)
+  map_HW = rng.permutation(np.resize(values, 61 * 53)).reshape(61, 53)
+  level_HW, keys_HW, uniform = _levels_keys(map_HW, grid_T, strict)
+  assert uniform
+  expected = len(taus) - np.searchsorted(np.sort(taus), map_HW, 'left' if strict else 'right')
+  np.testing.assert_array_equal(level_HW, expected)
+  # Keys refine the levels: a higher key never has a higher level.
+  order = np.argsort(keys_HW.ravel())
+  assert (np.diff(level_HW.ravel()[order]) <= 0).all()
+  assert np.unique(keys_HW).size == keys_HW.size
+
+
+@pytest.mark.parametrize('grid_T', [np.geomspace(0.01, 2, 30), [0.3], [0.5, 0.5, 0.5],
+                                    [-np.inf, 0.0, 0.5, np.inf]])
+def test_levels_on_other_grids_equal_searchsorted(grid_T):
+  rng = np.random.default_rng(8)
+  map_HW = rng.integers(0, 5, (23, 19)).astype(np.float32) * 0.5 + rng.random((23, 19))
+  level_HW, keys_HW, uniform = _levels_keys(map_HW, grid_T, False)
+  assert not uniform
+  taus = np.sort(np.asarray(grid_T, np.float32))
+  np.testing.assert_array_equal(level_HW, len(taus) - np.searchsorted(taus, map_HW, 'right'))
+  order = np.argsort(keys_HW.ravel())
+  assert (np.diff(level_HW.ravel()[order]) <= 0).all()
+  _check_against_labelling(map_HW, np.asarray(grid_T), False)
+
+
+@pytest.mark.parametrize('shape', [(37, 23), (24, 1), (1, 30), (45, 46)])
+def test_smooth_maps_of_odd_shapes_on_the_maxboxacc_grid(shape):
+  # Odd sides leave a padding row or column inside the last 2 x 2 blocks.
+  rng = np.random.default_rng(9)
+  for dtype in (np.float32, np.float64):
+    map_HW = boxes.normalize_map(ndimage.zoom(rng.normal(size=(5, 5)), 10, order=1))
+    map_HW = map_HW[:shape[0], :shape[1]].astype(dtype)
+    _check_against_labelling(map_HW, np.arange(0, 1, 0.02), False)
+    _check_against_labelling(map_HW, np.arange(0, 1, 0.02), True)
+
+
+def test_a_big_map_takes_64_bit_keys():
+  # 1024 x 1024 pixels leave too few bits of a 32-bit key for the level's fraction.
+  rng = np.random.default_rng(10)
+  map_HW = ndimage.zoom(rng.normal(size=(12, 12)), 1024 / 12, order=1)
+  grid_T = np.linspace(map_HW.min(), map_HW.max(), 40)
+  values_HW, plan, value_range = box_sweep._check_inputs(map_HW, grid_T)
+  grid = box_sweep._grid(*map_HW.shape)
+  index_bits = (grid.raster_P.size - 1).bit_length()
+  assert box_sweep._position_levels_and_keys(values_HW, plan, False, value_range, grid,
+                                             index_bits)[1].dtype == np.uint64
+  swept_T4 = box_sweep.sweep_largest_boxes(map_HW, grid_T)
+  for t, tau in enumerate(grid_T):
+    np.testing.assert_array_equal(swept_T4[t], boxes.largest_component_box(map_HW >= tau))
+
+
+def test_kept_scratch_arrays_never_leak_between_calls():
+  # Temporaries are kept per thread between calls: alternate shapes, dtypes and grid
+  # kinds, and check every result against a first computation kept aside.
+  rng = np.random.default_rng(11)
+  cases = []
+  for shape, dtype, grid_T in [((40, 40), np.float32, np.arange(0, 1, 0.01)),
+                               ((17, 33), np.float64, np.arange(0, 1, 0.05)),
+                               ((40, 40), np.float64, np.geomspace(0.01, 1, 20)),
+                               ((64, 48), np.float32, np.arange(0, 1, 0.1))]:
+    map_HW = boxes.normalize_map(ndimage.zoom(rng.normal(size=(4, 4)), 16, order=1))
+    map_HW = map_HW[:shape[0], :shape[1]].astype(dtype)
+    cases.append((map_HW, grid_T, box_sweep.sweep_boxes(map_HW, grid_T)))
+  for map_HW, grid_T, first in cases + cases[::-1]:
+    again = box_sweep.sweep_boxes(map_HW, grid_T)
+    np.testing.assert_array_equal(again.largest_T4, first.largest_T4)
+    for got, want in zip(again.components, first.components):
+      np.testing.assert_array_equal(got, want)
+  for map_HW, grid_T, first in cases:
+    _check_against_labelling(map_HW, grid_T, False)
+
+
+def test_threads_sweep_at_once():
+  rng = np.random.default_rng(12)
+  maps = [boxes.normalize_map(ndimage.zoom(rng.normal(size=(6, 6)), 9, order=1))
+          for _ in range(8)]
+  grid_T = np.arange(0, 1, 0.01)
+  expected = [box_sweep.sweep_largest_boxes(map_HW, grid_T) for map_HW in maps]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    for _ in range(5):
+      got = list(pool.map(lambda m: box_sweep.sweep_largest_boxes(m, grid_T), maps))
+      for want, swept in zip(expected, got):
+        np.testing.assert_array_equal(swept, want)
 
 
 # --- golden cases, worked by hand ------------------------------------------------------
