@@ -22,18 +22,16 @@ against cam_jax's before anything is timed. Speeds are images/s from the median 
 Torch's OpenMP threads lose far more than XLA's to a second busy process on the same
 cores: compare only runs made on a quiet machine (the header prints the load).
 
-Experiments (the goal is a train step at least as fast as PyTorch's, >= 1.0×):
+Experiments (the goal is a train step and a forward at least as fast as PyTorch's, >= 1.0×):
+- `--cpu_ops=on|off|both`: cam_jax with its CPU forms of convolution and max pooling
+  (cam_jax.models.cpu_ops: grouped convolutions split, kernel gradients by taps, max-pool
+  gradients by window taps; the package's default), with XLA's own ops (off), or both,
+  timed in turn with torch (A B A B): the `cam_jax (XLA ops)` columns.
 - `XLA_FLAGS` is read by jax at start, so set it in the environment.
 - `--dtype=bfloat16` runs cam_jax with bf16 compute (`config.model.dtype`; parameters stay
   float32) and PyTorch under CPU autocast to bf16.
-- `--jax_layout=NHWC|NCHW` times a functional copy of the same network instead of the
-  cam_jax step (same parameters, loss and optimizer, checked to give the same logits; no
-  dropout), convolving NHWC/HWIO or NCHW/OIHW, to see what the layout alone changes.
-- `--jax_tricks=split_groups,dw_taps,pool_taps` (with `--jax_layout=NHWC`) rewrites
-  that copy: the grouped CAM conv as one convolution per group; kernel gradients as one
-  matmul per kernel tap (`_kernel_grad_by_taps`) instead of XLA's kernel-gradient
-  convolution; max-pool gradients one window tap at a time (`_max_pool_taps_bwd`)
-  instead of XLA:CPU's argmax reduce-window and scatter.
+The functional copy of earlier experiments (`--jax_layout`, `--jax_tricks`) is gone: its
+rewrites are the package's now (git history, before issue 17, has it).
 """
 import functools
 import os
@@ -44,7 +42,6 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import torch
 import torch.nn.functional as F
 from flax import nnx
@@ -53,7 +50,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from cam_jax import sharding, train
-from cam_jax.models import googlenet, layers, vgg
+from cam_jax.models import cpu_ops, googlenet, layers, vgg
 from configs import common
 
 _MODELS = flags.DEFINE_list('models', ['googlenet_gap', 'vgg16_gap'],
@@ -67,13 +64,10 @@ _TORCH_THREADS = flags.DEFINE_integer('torch_threads', os.cpu_count(), 'torch.se
 _FRAMEWORKS = flags.DEFINE_list('frameworks', ['jax', 'torch'], 'Which to time.')
 _FORWARD = flags.DEFINE_bool('forward', True, 'Also time the inference forward of each.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-_JAX_LAYOUT = flags.DEFINE_enum(
-    'jax_layout', None, ['NHWC', 'NCHW'],
-    'Experiment: time a functional copy of the network in this layout instead of the '
-    'cam_jax step (default: the cam_jax step).')
-_JAX_TRICKS = flags.DEFINE_list(
-    'jax_tricks', [],
-    'Experiment, with --jax_layout: split_groups, dw_taps (NHWC), pool_taps (NHWC).')
+_CPU_OPS = flags.DEFINE_enum(
+    'cpu_ops', 'on', ['on', 'off', 'both'],
+    "cam_jax's CPU forms of convolution and max pooling (cam_jax.models.cpu_ops): on (the "
+    "package's default), off (XLA's own ops), or both, timed in turn.")
 
 WEIGHT_DECAY, MOMENTUM, LEARNING_RATE = 5e-4, 0.9, 1e-3
 
@@ -175,193 +169,6 @@ def torch_copy(name: str, model) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------
-# Experiments: a functional copy of the cam_jax network, in either layout, with
-# other ways of writing the convolution
-# ---------------------------------------------------------------------------
-
-def _conv(x, kernel, stride, padding, groups, dn):
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
-                                      dimension_numbers=dn, feature_group_count=groups)
-
-
-def _kernel_grad_by_taps(x_BHWC, g_BhwO, kh, kw, stride, padding):
-  """dL/dkernel (HWIO) as one matmul per kernel tap: the padded input, shifted to the tap and
-  strided, `(C, B·h·w) @ (B·h·w, O)`. Same sums as XLA's kernel-gradient convolution."""
-  B, _, _, C = x_BHWC.shape
-  _, h, w, O = g_BhwO.shape
-  x_p = jnp.pad(x_BHWC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  g_NO = g_BhwO.reshape(-1, O)
-  taps = [[jax.lax.slice(x_p, (0, i, j, 0), (B, i + (h - 1) * stride + 1,
-                                             j + (w - 1) * stride + 1, C),
-                         (1, stride, stride, 1)).reshape(-1, C).T @ g_NO
-           for j in range(kw)] for i in range(kh)]
-  return jnp.stack([jnp.stack(row) for row in taps])
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_taps(x_BHWC, kernel_HWIO, stride, padding):
-  return _conv(x_BHWC, kernel_HWIO, stride, padding, 1, ('NHWC', 'HWIO', 'NHWC'))
-
-
-def _conv_taps_fwd(x, kernel, stride, padding):
-  return _conv_taps(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_taps_bwd(stride, padding, residuals, g):
-  x, kernel = residuals
-  _, input_vjp = jax.vjp(
-      lambda x: _conv(x, kernel, stride, padding, 1, ('NHWC', 'HWIO', 'NHWC')), x)
-  return (input_vjp(g)[0],
-          _kernel_grad_by_taps(x, g, *kernel.shape[:2], stride, padding).astype(kernel.dtype))
-
-
-_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
-
-
-def _max_pool(x_BHWC, window, stride, pads):
-  return jax.lax.reduce_window(x_BHWC, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                               (1, stride, stride, 1), ((0, 0), *pads, (0, 0)))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool_taps(x_BHWC, window, stride, pads):
-  return _max_pool(x_BHWC, window, stride, pads)
-
-
-def _max_pool_taps_fwd(x, window, stride, pads):
-  y = _max_pool(x, window, stride, pads)
-  return y, (x, y)
-
-
-def _max_pool_taps_bwd(window, stride, pads, residuals, g_BhwC):
-  """The max pool's gradient one window tap at a time: each output's gradient goes to the
-  first tap (in row-major window order) that holds the max, as XLA's own gradient does,
-  added back at that tap's input positions. XLA:CPU instead runs an argmax reduce-window
-  over four full-size index arrays (iotas) and a scatter."""
-  x, y = residuals
-  B, _, _, C = x.shape
-  _, h, w, _ = y.shape
-  (top, bottom), (left, right) = pads
-  x_p = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-jnp.inf)
-  Hp, Wp = x_p.shape[1:3]
-  taken = jnp.zeros(y.shape, bool)
-  dx_p = jnp.zeros(x_p.shape, g_BhwC.dtype)
-  zero = jnp.zeros((), g_BhwC.dtype)
-  for i in range(window):
-    for j in range(window):
-      x_tap = jax.lax.slice(x_p, (0, i, j, 0), (B, i + (h - 1) * stride + 1,
-                                                j + (w - 1) * stride + 1, C),
-                            (1, stride, stride, 1))
-      chosen = (x_tap == y) & ~taken
-      taken = taken | chosen
-      dx_p = dx_p + jax.lax.pad(jnp.where(chosen, g_BhwC, zero), zero, (
-          (0, 0, 0), (i, Hp - i - (h - 1) * stride - 1, stride - 1),
-          (j, Wp - j - (w - 1) * stride - 1, stride - 1), (0, 0, 0)))
-  return (dx_p[:, top:Hp - bottom, left:Wp - right],)
-
-
-_max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
-
-
-def functional_forward(name: str, params, images, layout: str, dtype, tricks=()):
-  """The same network as cam_jax's, as free functions over `params` (a list of
-  (kernel, bias) in forward order, kernels HWIO for NHWC and OIHW for NCHW).
-
-  `tricks`: 'split_groups' convolves each group on its own and concatenates (XLA:CPU
-  otherwise runs a grouped convolution far slower than its groups apart); 'dw_taps'
-  computes kernel gradients with `_kernel_grad_by_taps`; 'pool_taps' takes max pooling
-  gradients from `_max_pool_taps_bwd` (both NHWC only).
-  """
-  c = 1 if layout == 'NCHW' else 3  # channel axis
-  spatial = (2, 3) if layout == 'NCHW' else (1, 2)
-  dn = ('NCHW', 'OIHW', 'NCHW') if layout == 'NCHW' else ('NHWC', 'HWIO', 'NHWC')
-  k_out = 0 if layout == 'NCHW' else 3  # output-channel axis of the kernel
-  it = iter(params)
-
-  def one_conv(x, k, stride, padding):
-    if 'dw_taps' in tricks:
-      return _conv_taps(x, k, stride, padding)
-    return _conv(x, k, stride, padding, 1, dn)
-
-  def conv(x, stride=1, padding=0, groups=1):
-    k, b = next(it)
-    k = k.astype(dtype)
-    if groups == 1:
-      y = one_conv(x, k, stride, padding)
-    elif 'split_groups' in tricks:
-      y = jnp.concatenate([one_conv(xg, kg, stride, padding) for xg, kg in
-                           zip(jnp.split(x, groups, c), jnp.split(k, groups, k_out))], c)
-    else:
-      y = _conv(x, k, stride, padding, groups, dn)
-    shape = [1, 1, 1, 1]
-    shape[c] = -1
-    return jax.nn.relu(y + b.astype(dtype).reshape(shape))
-
-  def pool(x, window, stride, padding=0):
-    # Caffe's ceil-mode sizes, as layers.max_pool: -inf past the end where windows need it.
-    pads, dims, strides = [(0, 0)] * 4, [1] * 4, [1] * 4
-    for ax in spatial:
-      size = x.shape[ax]
-      out = -(-(size + 2 * padding - window) // stride) + 1
-      if (out - 1) * stride >= size + padding:
-        out -= 1
-      pads[ax] = (padding, max(padding, (out - 1) * stride + window - size - padding))
-      dims[ax], strides[ax] = window, stride
-    if 'pool_taps' in tricks:
-      return _max_pool_taps(x, window, stride, tuple(pads[1:3]))
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, pads)
-
-  def lrn(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
-    pads, dims = [(0, 0)] * 4, [1] * 4
-    pads[c], dims[c] = (size // 2, size - 1 - size // 2), size
-    s = jax.lax.reduce_window(jnp.square(x.astype(jnp.float32)), 0.0, jax.lax.add, dims,
-                              (1, 1, 1, 1), pads)
-    return (x / (k + alpha / size * s) ** beta).astype(x.dtype)
-
-  x = images.astype(dtype)
-  if name == 'googlenet_gap':
-    x = lrn(pool(conv(x, 2, 3), 3, 2))
-    x = pool(lrn(conv(conv(x), padding=1)), 3, 2)
-    for block in googlenet.INCEPTION_CFG:
-      if block == '4a':
-        x = pool(x, 3, 2)
-      p = pool(x, 3, 1, 1)
-      x = jnp.concatenate([conv(x), conv(conv(x), padding=1), conv(conv(x), padding=2),
-                           conv(p)], axis=c)
-      if block == '4e':
-        break
-  else:
-    for v in vgg.VGG16_CFG:
-      x = pool(x, 2, 2) if v == 'M' else conv(x, padding=1)
-  x = conv(x, padding=1, groups=2)
-  kernel, bias = next(it)
-  return jnp.mean(x, axis=spatial).astype(jnp.float32) @ kernel + bias
-
-
-def functional_step(name: str, model, layout: str, dtype, tricks):
-  """`(step, carry)`: SGD on the functional copy with cam_jax's optimizer and loss."""
-  params = [(l.kernel[...], l.bias[...]) for l in _jax_layers(model)]
-  if layout == 'NCHW':
-    params = [(k.transpose(3, 2, 0, 1) if k.ndim == 4 else k, b) for k, b in params]
-  config = common.get_common()
-  config.optimizer.learning_rate = LEARNING_RATE
-  config.optimizer.momentum = MOMENTUM
-  config.optimizer.weight_decay = WEIGHT_DECAY
-  tx = train.create_optimizer(config)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def step(params, opt_state, images, labels):
-    def loss_fn(p):
-      logits = functional_forward(name, p, images, layout, dtype, tricks)
-      return train.cross_entropy_loss(logits, labels)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  return step, (params, tx.init(params))
-
-
-# ---------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------
 
@@ -422,52 +229,48 @@ def measure(name: str) -> dict:
     loss.backward()
     opt.step()
 
-  if _JAX_LAYOUT.value:
-    step, carry = functional_step(name, model, _JAX_LAYOUT.value, jdtype,
-                                  tuple(_JAX_TRICKS.value))
-    images_j = jnp.asarray(images_np.transpose(0, 3, 1, 2) if _JAX_LAYOUT.value == 'NCHW'
-                           else images_np)
-    logits_f = jax.jit(functools.partial(functional_forward, name, layout=_JAX_LAYOUT.value,
-                                         dtype=jnp.float32))(carry[0], images_j)
-    err_f = float(np.max(np.abs(np.asarray(logits_f) - logits_j)) / np.max(np.abs(logits_j)))
-    assert err_f < tol, (name, err_f)
-    labels_j = jnp.asarray(labels_np.astype(np.int32))
-    holder = [carry]
+  variants = {'on': [('jax', True)], 'off': [('jax', False)],
+              'both': [('jax', True), ('jax_plain', False)]}[_CPU_OPS.value]
+  images_j = jnp.asarray(images_np)
+  batch_ = sharding.shard_batch({'image': images_np, 'label': labels_np.astype(np.int32)},
+                                mesh)
+  fns, forwards, compile_s = {}, {}, {}
+  for key, enabled in variants:
+    # The switch is read when tracing: each variant is compiled now, under its setting.
+    cpu_ops.ENABLED = enabled
+    try:
+      state_v = sharding.replicate(jax.tree.map(jnp.copy, state), mesh)
+      t0 = time.perf_counter()
+      step = train.make_train_step(graphdef, mesh).lower(state_v, batch_).compile()
+      forward = jax.jit(lambda s, x: nnx.merge(m_graphdef, s)(x, train=False)[0]).lower(
+          m_state, images_j).compile()
+      compile_s[key] = time.perf_counter() - t0
+    finally:
+      cpu_ops.ENABLED = True
+    holder = {'state': state_v}
 
-    def jax_step():
-      params, opt_state, loss = step(*holder[0], images_j, labels_j)
-      holder[0] = (params, opt_state)
-      jax.block_until_ready(loss)
-  else:
-    state = sharding.replicate(state, mesh)
-    step = train.make_train_step(graphdef, mesh)
-    batch_ = sharding.shard_batch({'image': images_np, 'label': labels_np.astype(np.int32)},
-                                  mesh)
-    holder = [state]
-
-    def jax_step():
-      holder[0], metrics = step(holder[0], batch_)
+    def jax_step(step=step, holder=holder):
+      holder['state'], metrics = step(holder['state'], batch_)
       jax.block_until_ready(metrics['loss'])
 
-  fns = {'jax': jax_step, 'torch': torch_step}
-  fns = {k: fns[k] for k in _FRAMEWORKS.value}
-  compile_s = _timed(fns['jax']) if 'jax' in fns else float('nan')
-  result = {'params': jax_params, 'compile_s': compile_s, 'logits_err': err,
-            **_images_per_s(fns, _WARMUP.value, batch, 'train')}
+    fns[key] = jax_step
+    forwards[key] = (lambda forward=forward: jax.block_until_ready(forward(m_state, images_j)))
 
+  def torch_forward():
+    with torch.no_grad(), autocast():
+      net(x_t)
+
+  if 'torch' in _FRAMEWORKS.value:
+    fns['torch'] = torch_step
+    forwards['torch'] = torch_forward
+  if 'jax' not in _FRAMEWORKS.value:
+    fns = {k: v for k, v in fns.items() if not k.startswith('jax')}
+  result = {'params': jax_params, 'compile_s': compile_s.get('jax', float('nan')),
+            'logits_err': err, **_images_per_s(fns, _WARMUP.value, batch, 'train')}
   if _FORWARD.value:
-    forward = jax.jit(lambda s, x: nnx.merge(m_graphdef, s)(x, train=False)[0])
-    images_j = jnp.asarray(images_np)
     net.eval()
-
-    def torch_forward():
-      with torch.no_grad(), autocast():
-        net(x_t)
-
-    fwd = {'jax': lambda: jax.block_until_ready(forward(m_state, images_j)),
-           'torch': torch_forward}
-    fwd = {k: fwd[k] for k in fns}
-    result.update(_images_per_s(fwd, 1, batch, 'forward'))
+    forwards = {k: forwards[k] for k in fns}
+    result.update(_images_per_s(forwards, 1, batch, 'forward'))
   return result
 
 
@@ -488,30 +291,27 @@ def main(argv):
   del argv
   torch.set_num_threads(_TORCH_THREADS.value)
   load = os.getloadavg()
-  tricks = set(_JAX_TRICKS.value)
-  if (tricks - {'split_groups', 'dw_taps', 'pool_taps'} or (tricks and not _JAX_LAYOUT.value)
-      or (tricks & {'dw_taps', 'pool_taps'} and _JAX_LAYOUT.value == 'NCHW')):
-    raise app.UsageError('--jax_tricks: split_groups, dw_taps (NHWC), pool_taps (NHWC); '
-                         'with --jax_layout')
-  experiment = (f'functional copy, {_JAX_LAYOUT.value} {"+".join(_JAX_TRICKS.value)}'
-                if _JAX_LAYOUT.value
-                else 'train.make_train_step')
   print(f'# {time.strftime("%Y-%m-%d %H:%M")}, {os.cpu_count()} cores, load '
         f'{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}; jax {jax.__version__} '
-        f'({experiment}), XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; torch '
-        f'{torch.__version__} with {torch.get_num_threads()} threads; input {_SIZE.value}, '
-        f'batch {_BATCH.value}, {_DTYPE.value}, median of {_STEPS.value} steps')
-  print('| network | params | cam_jax train img/s | torch train img/s | ratio | '
-        'cam_jax fwd img/s | torch fwd img/s | cam_jax step/fwd | torch step/fwd | '
-        'compile s |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+        f'(train.make_train_step, cpu_ops={_CPU_OPS.value}), '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; torch {torch.__version__} with '
+        f'{torch.get_num_threads()} threads; input {_SIZE.value}, batch {_BATCH.value}, '
+        f'{_DTYPE.value}, median of {_STEPS.value} steps')
+  plain = _CPU_OPS.value == 'both'
+  print('| network | params | cam_jax train img/s | torch train img/s | train ratio | '
+        'cam_jax fwd img/s | torch fwd img/s | fwd ratio | '
+        + ('cam_jax (XLA ops) train | cam_jax (XLA ops) fwd | ' if plain else '')
+        + 'compile s |')
+  print('|---|---:|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if plain else '') + '---:|')
   nan = float('nan')
   for name in _MODELS.value:
     r = measure(name)
     jt, tt = r.get('jax_train', nan), r.get('torch_train', nan)
     jf, tf = r.get('jax_forward', nan), r.get('torch_forward', nan)
+    extra = (f'{r.get("jax_plain_train", nan):.2f} | {r.get("jax_plain_forward", nan):.1f} | '
+             if plain else '')
     print(f'| {name} | {r["params"]:,} | {jt:.2f} | {tt:.2f} | {jt / tt:.2f}× | {jf:.1f} | '
-          f'{tf:.1f} | {jf / jt:.1f} | {tf / tt:.1f} | {r["compile_s"]:.1f} |', flush=True)
+          f'{tf:.1f} | {jf / tf:.2f}× | {extra}{r["compile_s"]:.1f} |', flush=True)
   load = os.getloadavg()
   print(f'# load after: {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}')
 
