@@ -161,13 +161,9 @@ def localize(config: ml_collections.ConfigDict, workdir: str, images: str, *,
   sharding.maybe_initialize_distributed(config.get('distributed', False))
   paths = list_images(images)
   names = output_names(paths)
-  if checkpoint is None:
-    checkpoint = os.path.join(workdir, 'checkpoints')
-    if not os.path.isdir(checkpoint):
-      raise FileNotFoundError(f'No checkpoint in {os.path.abspath(checkpoint)}: train first '
-                              '(--mode=train_and_evaluate), or pass --checkpoint')
   mesh = sharding.make_mesh()
-  model, meta, where, config = restore.restore_for_inference(config, checkpoint, mesh)
+  model, meta, where, config = restore.restore_for_inference(
+      config, restore.checkpoint_path(workdir, checkpoint), mesh)
   cam = inference.CamModel(model, config, meta, where, restore.class_names(config, meta),
                            mesh)
   top_k = cam.top_k()

@@ -314,13 +314,9 @@ def write_informative_objects(config: ml_collections.ConfigDict, workdir: str, *
   _check_synthetic(config)
   sharding.maybe_initialize_distributed(config.get('distributed', False))
   split = split or config.data.eval_split
-  if checkpoint is None:
-    checkpoint = os.path.join(workdir, 'checkpoints')
-    if not os.path.isdir(checkpoint):
-      raise FileNotFoundError(f'No checkpoint in {os.path.abspath(checkpoint)}: train first '
-                              '(--mode=train_and_evaluate), or pass --checkpoint')
   mesh = sharding.make_mesh()
-  model, meta, where, config = restore.restore_for_inference(config, checkpoint, mesh)
+  model, meta, where, config = restore.restore_for_inference(
+      config, restore.checkpoint_path(workdir, checkpoint), mesh)
   if meta.get('dataset') != 'cam_synth':
     raise ValueError(f'{where} was trained on {meta.get("dataset")!r}: its classes are not '
                      "cam_synth's")

@@ -103,6 +103,18 @@ def restore_model_at(config: ml_collections.ConfigDict, directory: str,
   return nnx.merge(graphdef, state), step, meta
 
 
+def checkpoint_path(workdir: str, checkpoint: str | None) -> str:
+  """`checkpoint` if given, else `workdir`'s checkpoints/ folder; FileNotFoundError
+  saying what to do when there is none."""
+  if checkpoint is not None:
+    return checkpoint
+  checkpoint = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(checkpoint):
+    raise FileNotFoundError(f'No checkpoint in {os.path.abspath(checkpoint)}: train first '
+                            '(--mode=train_and_evaluate), or pass --checkpoint')
+  return checkpoint
+
+
 def restore_for_inference(config: ml_collections.ConfigDict, path: str,
                           mesh: jax.sharding.Mesh
                           ) -> tuple[nnx.Module, dict[str, Any], str, ml_collections.ConfigDict]:

@@ -13,6 +13,7 @@ and, where the dataset has masks, `segmentation_mask` (encoded single-channel PN
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 
 
@@ -49,3 +50,12 @@ def manual_dir(dl_manager, dataset: str, expected: str) -> str:
   except AssertionError as e:  # TFDS's error for a missing or empty manual folder.
     raise FileNotFoundError(f'{dataset}: expected {expected} in the manual folder, but: '
                             f'{e}') from e
+
+
+def checked_index(index, source) -> int:
+  """`index` of a folder source as a position in [0, len(source)), negative ones counted
+  from the end; IndexError naming the source past either end."""
+  i = operator.index(index)
+  if not -len(source) <= i < len(source):
+    raise IndexError(f'{source!r} has no example {i}')
+  return i % len(source)

@@ -32,7 +32,6 @@ box that overhangs is clipped with a warning, `images.check_boxes`).
 
 from __future__ import annotations
 
-import operator
 import os
 from typing import Any
 
@@ -41,6 +40,7 @@ from absl import logging
 
 from cam_jax.data import images
 from cam_jax.data import wsol
+from cam_jax.data import base
 from cam_jax.data.base import SourceInfo
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -111,10 +111,7 @@ class FolderSource:
             f'boxes={sum(len(b) for b in self.boxes.values())})')
 
   def __getitem__(self, index) -> dict[str, Any]:
-    i = operator.index(index)
-    if not -len(self) <= i < len(self):
-      raise IndexError(f'{self!r} has no example {i}')
-    i %= len(self)
+    i = base.checked_index(index, self)
     image_id = self.image_ids[i]
     path = os.path.join(self.root, image_id)
     try:

@@ -74,7 +74,6 @@ disagrees with image_sizes.txt a BadImageError (its boxes belong to another imag
 from __future__ import annotations
 
 import functools
-import operator
 import os
 from typing import Any
 
@@ -82,6 +81,7 @@ import numpy as np
 from PIL import Image
 
 from cam_jax.data import images
+from cam_jax.data import base
 from cam_jax.data.base import SourceInfo
 
 # Datasets of wsolevaluation and whether their localization.txt lists masks (else boxes).
@@ -272,10 +272,7 @@ class WsolSource:
     return f'wsol/{self.dataset}/{self.split}: {image_id}'
 
   def __getitem__(self, index) -> dict[str, Any]:
-    i = operator.index(index)
-    if not -len(self) <= i < len(self):
-      raise IndexError(f'{self!r} has no example {i}')
-    i %= len(self)
+    i = base.checked_index(index, self)
     image_id = self.image_ids[i]
     path = os.path.join(self.image_dir, image_id)
     data = _read_file(path, f'{self._name(image_id)}: image file',
