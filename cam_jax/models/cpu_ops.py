@@ -38,6 +38,9 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # benchmarks' A/B comparisons, gradient-equality tests). CAM_JAX_CPU_OPS=0 in the
 # environment turns them off for a whole run.
 ENABLED = os.environ.get('CAM_JAX_CPU_OPS', '1') != '0'
+# Kernel gradients with at most this many taps × input channels take all taps in one
+# matmul (`kernel_grad_by_taps`).
+SMALL_PATCH = 64
 
 
 # ---------------------------------------------------------------------------
@@ -79,6 +82,15 @@ def kernel_grad_by_taps(x_BHWC: jax.Array, g_BhwO: jax.Array, kernel_hw: tuple[i
   x_p = jnp.pad(x_BHWC, ((0, 0), (top, bottom), (left, right), (0, 0)))
   g_NO = g_BhwO.reshape(-1, O)
   span = (B, (h - 1) * sh + 1, (w - 1) * sw + 1, C)
+
+  if C * kh * kw <= SMALL_PATCH:
+    # Few input channels (an RGB first layer): every tap side by side, one matmul. The
+    # (C, B·h·w) matmuls of a loop would each stream the whole gradient for 3 rows.
+    taps = [lax.slice(x_p, (0, i, j, 0), (B, i + span[1], j + span[2], C), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(taps, axis=3).reshape(-1, kh * kw * C)
+    return jnp.matmul(patches.T, g_NO,
+                      preferred_element_type=jnp.float32).reshape(kh, kw, C, O)
 
   def tap(t):
     window = lax.dynamic_slice(x_p, (0, t // kw, t % kw, 0), span)
