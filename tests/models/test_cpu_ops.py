@@ -125,8 +125,9 @@ def test_a_whole_network_trains_the_same(dtype='float32'):
 
 
 def _exported(platform):
-  x = jnp.ones((2, 8, 8, 4))
-  k = jnp.ones((3, 3, 2, 6))
+  # 16 input channels a group: 9 × 16 > cpu_ops.SMALL_PATCH, the taps' loop.
+  x = jnp.ones((2, 8, 8, 32))
+  k = jnp.ones((3, 3, 16, 6))
 
   def f(x, k):
     y = cpu_ops.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=_NHWC,
