@@ -6,8 +6,8 @@ Prepares `cam_synth` (12,000 64×64 images: 10,000 train, 1,000 validation, 1,00
 about 20 s) on first use, trains SmallGAP (mapping resolution 32×32) for 600 steps,
 choosing best/ on the validation images, evaluates classification and localization on
 the 1,000 test images, and writes eval.json, metrics.jsonl, checkpoints, CAM pictures and
-the paper's figures in the workdir. Measured on 2 CPU cores: 7 min 35 s to 10 min and
-1.2 GB, classification error 0.7 %, GT-known localization 73 to 81 % (it moves with the
+the paper's figures in the workdir. Measured on 2 CPU cores: 7 to 10 min and 1.2 GB,
+classification error 0.7 to 1.1 %, GT-known localization 73 to 81 % (it moves with the
 CPU's float rounding; benchmarks/RESULTS.md).
 
 `--config=configs/synthetic_gap.py:tiny` is a few steps on 32×32 images, for tests and
