@@ -18,7 +18,10 @@ The detector in the place of the network's head gives the concept's CAM,
 `M = sum_k w_k f_k`: WORKDIR/concept/ gets concept.png (the `concept.num_pictures`
 highest-scoring positives with the concept's CAM and its box), concept.json (the mining
 rounds, the detector's average precision on the images it was mined from, the positives
-ranked by score, the shown ones' boxes) and detector.json (the weights).
+ranked by score, the shown ones' boxes) and detector.json (the weights). With several
+processes every one computes the same detector (the features are gathered through their
+cache), but the pictures and their boxes are those of process 0's share of the best
+positives.
 """
 
 from __future__ import annotations
