@@ -36,8 +36,6 @@ from absl import logging
 from flax import nnx
 from sklearn import metrics as sk_metrics
 
-from cam_jax import box_stage
-from cam_jax import evaluate as evaluate_lib
 from cam_jax import features as features_lib
 from cam_jax import io_utils
 from cam_jax import restore
@@ -107,33 +105,10 @@ def _folder_source(spec: str, label: int, what: str) -> folders.FolderSource:
 
 def _concept_maps(config: ml_collections.ConfigDict, model: nnx.Module, mesh, source,
                   indices: list[int]) -> list[dict[str, Any]]:
-  """The concept's CAM (class 1 of `model`), its box, on each image at `indices`."""
-  graphdef, state = nnx.split(model)
-  predict = evaluate_lib.make_predict_fn(graphdef, mesh, top_k=1, saliency='cam', map_top=1)
+  """The concept's CAM (class 1 of `model`) and its box, on each image at `indices`."""
   subset = [source[i] for i in indices]
-  process_batch = sharding.check_batch_size(config.transfer.batch_size, mesh,
-                                            'transfer.batch_size')
-  batches = pipeline.eval_batches(
-      subset, image_size=config.data.image_size, process_batch_size=process_batch,
-      max_boxes=1, crop=config.data.eval_crop, resize_shorter=config.data.eval_resize_shorter,
-      convention=conventions.from_config(config.data), num_threads=config.data.num_threads)
-  out = []
-  try:
-    for batch, n in batches:
-      labels = np.full_like(batch['label'], POSITIVE)
-      arrays = sharding.shard_batch({'image': batch['image'], 'label': labels}, mesh)
-      maps = sharding.to_host(predict(state, arrays['image'], arrays['label']), mesh)
-      for i in range(n):
-        orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
-        map_hw = maps['maps_BThw'][i, -1]  # the label's map: the concept's
-        box = box_stage.paper_boxes_on_original(map_hw, batch['window'][i], orig_hw,
-                                                (config.eval.cam_threshold,))[0]
-        out.append({'index': indices[int(batch['index'][i])], 'map_hw': map_hw.copy(),
-                    'window': batch['window'][i].copy(), 'orig_hw': orig_hw,
-                    'box': [int(v) for v in box]})
-  finally:
-    batches.close()
-  return out
+  return [{**r, 'index': indices[r['index']]}
+          for r in transfer.cam_boxes(config, model, mesh, subset, label=POSITIVE)]
 
 
 def run_concept(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

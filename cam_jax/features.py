@@ -35,7 +35,6 @@ from absl import logging
 from flax import nnx
 
 from cam_jax import io_utils
-from cam_jax import models
 from cam_jax import sharding
 from cam_jax.data import conventions
 from cam_jax.data import pipeline
@@ -109,7 +108,6 @@ def _prepare_cache(cache_dir: str, fingerprint: dict[str, Any]) -> int:
   """The chunk every process resumes from (0 for a new or stale cache)."""
   fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from disk
   meta_path = os.path.join(cache_dir, _META)
-  stale = False
   if jax.process_index() == 0:
     if os.path.exists(meta_path):
       with open(meta_path, encoding='utf-8') as f:
@@ -133,16 +131,14 @@ def _prepare_cache(cache_dir: str, fingerprint: dict[str, Any]) -> int:
   return int(sharding.sum_across_processes({'done': done})['done'].min())
 
 
+def _concatenated(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
 def _write_chunk(path: str, rows: list[dict[str, np.ndarray]]) -> None:
-  arrays = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else {}
-  buffer = _npz_bytes(arrays)
-  io_utils.atomic_write_bytes(path, buffer)
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
   f = io.BytesIO()
-  np.savez(f, **arrays)
-  return f.getvalue()
+  np.savez(f, **_concatenated(rows))
+  io_utils.atomic_write_bytes(path, f.getvalue())
 
 
 def _read_parts(cache_dir: str, with_maps: bool) -> Features:
@@ -152,8 +148,6 @@ def _read_parts(cache_dir: str, with_maps: bool) -> Features:
   parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
   for path in paths:
     with np.load(path, allow_pickle=False) as z:
-      if len(z.files) == 0:
-        continue
       for k in keys:
         if k not in z.files:
           raise ValueError(f'{path} has no {k!r}: a cache written without maps; delete '
@@ -201,8 +195,7 @@ def extract(model: nnx.Module, mesh: jax.sharding.Mesh, source: Any, *, image_si
         **(fingerprint or {}), 'image_size': image_size, 'batch_size': batch_size,
         'crop': crop, 'resize_shorter': resize_shorter, 'num_examples': num_examples,
         'with_maps': with_maps, 'num_images': len(source),
-        'convention': dataclasses.asdict(convention) if dataclasses.is_dataclass(convention)
-                      else repr(convention),
+        'convention': dataclasses.asdict(convention),
         'crop_boxes': None if crop_boxes is None else hashlib.sha256(
             np.ascontiguousarray(crop_boxes, np.int64).tobytes()).hexdigest(),
         'process_count': jax.process_count(),
@@ -235,7 +228,7 @@ def extract(model: nnx.Module, mesh: jax.sharding.Mesh, source: Any, *, image_si
   if cache_dir is None:
     if not rows:
       raise ValueError('no images to extract features of')
-    merged = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    merged = _concatenated(rows)
     return Features(pooled_NK=merged['pooled'], labels_N=merged['labels'],
                     indices_N=merged['indices'], file_names=list(merged['file_names']),
                     maps_NhwK=merged.get('maps'))

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -164,16 +164,13 @@ def with_head(model: nnx.Module, kernel_KC: np.ndarray, bias_C: np.ndarray) -> n
 # Boxes of every image: the CAM crop, the ground-truth crop
 # ---------------------------------------------------------------------------
 
-def image_boxes(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sharding.Mesh,
-                source: Any, path: str) -> dict[str, np.ndarray]:
-  """For every image of `source`, in index order: `top1` (the model's top class),
-  `cam_box` (its CAM's paper box at eval.cam_threshold, in the original image),
-  `gt_box` (the box around its ground-truth boxes; -1s where it has none) and
-  `cam_iou` (the CAM box's best IoU with a ground-truth box; -1 where none).
-
-  A collective; every process gets every image's rows (through `path`, a JSON-lines
-  file in a folder every process sees).
-  """
+def cam_boxes(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sharding.Mesh,
+              source: Any, *, label: int | None = None) -> Iterator[dict[str, Any]]:
+  """Per image of this process's share of `source`, in order: `index`, `top1` (the
+  model's top class), `map_hw` (the CAM of `label`, None: of the top class, at the feature
+  resolution) with the `window` and `orig_hw` it covers, `box` (that CAM's paper box at
+  eval.cam_threshold, in the original image) and `gt_M4` (the ground-truth boxes). A
+  collective: every process must run it to the end."""
   graphdef, state = nnx.split(model)
   predict = evaluate_lib.make_predict_fn(graphdef, mesh, top_k=1, saliency='cam', map_top=1)
   process_batch = sharding.check_batch_size(config.transfer.batch_size, mesh,
@@ -184,23 +181,44 @@ def image_boxes(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.
       resize_shorter=config.data.eval_resize_shorter,
       convention=conventions.from_config(config.data), num_threads=config.data.num_threads,
       num_workers=config.data.num_workers)
-  records = []
   try:
     for batch, n in batches:
-      arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)
+      labels = batch['label'] if label is None else np.full_like(batch['label'], label)
+      arrays = sharding.shard_batch({'image': batch['image'], 'label': labels}, mesh)
       out = sharding.to_host(predict(state, arrays['image'], arrays['label']), mesh)
       for i in range(n):
         orig_hw = tuple(int(v) for v in batch['orig_hw'][i])
-        box = box_stage.paper_boxes_on_original(out['maps_BThw'][i, 0], batch['window'][i],
-                                                orig_hw, (config.eval.cam_threshold,))[0]
-        gt_M4 = batch['boxes'][i, :batch['num_boxes'][i]]
-        gt_box = ([int(gt_M4[:, 0].min()), int(gt_M4[:, 1].min()), int(gt_M4[:, 2].max()),
-                   int(gt_M4[:, 3].max())] if len(gt_M4) else [-1] * 4)
-        records.append({'index': int(batch['index'][i]), 'top1': int(out['classes_Bk'][i, 0]),
-                        'cam_box': [int(v) for v in box], 'gt_box': gt_box,
-                        'cam_iou': float(boxes_lib.max_iou(box, gt_M4)) if len(gt_M4) else -1.0})
+        # Row 0: the top class's map; the last row: the label's.
+        map_hw = out['maps_BThw'][i, 0 if label is None else -1].copy()
+        box = box_stage.paper_boxes_on_original(map_hw, batch['window'][i], orig_hw,
+                                                (config.eval.cam_threshold,))[0]
+        yield {'index': int(batch['index'][i]), 'top1': int(out['classes_Bk'][i, 0]),
+               'map_hw': map_hw, 'window': batch['window'][i].copy(), 'orig_hw': orig_hw,
+               'box': [int(v) for v in box],
+               'gt_M4': batch['boxes'][i, :batch['num_boxes'][i]].copy()}
   finally:
     batches.close()
+
+
+def image_boxes(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sharding.Mesh,
+                source: Any, path: str) -> dict[str, np.ndarray]:
+  """For every image of `source`, in index order: `top1` (the model's top class),
+  `cam_box` (its CAM's paper box at eval.cam_threshold, in the original image),
+  `gt_box` (the box around its ground-truth boxes; -1s where it has none) and
+  `cam_iou` (the CAM box's best IoU with a ground-truth box; -1 where none).
+
+  A collective; every process gets every image's rows (through `path`, a JSON-lines
+  file in a folder every process sees).
+  """
+  records = []
+  for r in cam_boxes(config, model, mesh, source):
+    gt_M4 = r['gt_M4']
+    gt_box = ([int(gt_M4[:, 0].min()), int(gt_M4[:, 1].min()), int(gt_M4[:, 2].max()),
+               int(gt_M4[:, 3].max())] if len(gt_M4) else [-1] * 4)
+    records.append({'index': r['index'], 'top1': r['top1'], 'cam_box': r['box'],
+                    'gt_box': gt_box,
+                    'cam_iou': float(boxes_lib.max_iou(np.array(r['box']), gt_M4))
+                               if len(gt_M4) else -1.0})
   sharding.write_jsonl_from_processes(path, records)
   sharding.barrier('transfer-boxes-written')
   with open(path, encoding='utf-8') as f:
@@ -337,11 +355,10 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
       transfer['cam_box_accuracy'] = float(np.mean(ious[boxed] >= config.eval.iou_threshold))
       transfer['num_test_images_with_boxes'] = int(boxed.sum())
 
-  eval_config = config.copy_and_resolve_references()
   results: dict[str, Any] = {}
   if tcfg.get('localization', True):
-    results = evaluators.evaluate_and_report(eval_config, svm_model, mesh, out_dir, step=0)
-    figures.write_evaluation_figures(eval_config, svm_model, mesh, out_dir)
+    results = evaluators.evaluate_and_report(config, svm_model, mesh, out_dir, step=0)
+    figures.write_evaluation_figures(config, svm_model, mesh, out_dir)
   results['transfer'] = transfer
   results['svm_test_accuracy'] = per_crop['full']['numbers']['test_accuracy']
   if jax.process_index() == 0:

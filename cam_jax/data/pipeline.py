@@ -283,7 +283,7 @@ def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes:
       'index': np.zeros((process_batch_size,), np.int32),
   }
   if with_names:
-    template['file_name'] = np.full((process_batch_size,), '', dtype=object).astype(str)
+    template['file_name'] = np.full((process_batch_size,), '')
   if with_masks:
     template['mask'] = np.zeros((process_batch_size, image_size, image_size), bool)
     template['ignore'] = np.zeros((process_batch_size, image_size, image_size), bool)

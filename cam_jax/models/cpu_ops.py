@@ -47,19 +47,18 @@ SMALL_PATCH = 64
 # Convolution
 # ---------------------------------------------------------------------------
 
-def _plain_conv(x, kernel, strides, pads, groups, precision=None, preferred=None):
+def _plain_conv(x, kernel, strides, pads, precision):
   return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_NHWC,
-                                  feature_group_count=groups, precision=precision,
-                                  preferred_element_type=preferred)
+                                  precision=precision)
 
 
-def _split_conv(x, kernel, strides, pads, groups, precision=None, preferred=None):
+def _split_conv(x, kernel, strides, pads, groups, precision):
   """A grouped convolution as its groups' convolutions, concatenated."""
   if groups == 1:
-    return _plain_conv(x, kernel, strides, pads, 1, precision, preferred)
+    return _plain_conv(x, kernel, strides, pads, precision)
   xs = jnp.split(x, groups, axis=3)
   ks = jnp.split(kernel, groups, axis=3)
-  return jnp.concatenate([_plain_conv(a, k, strides, pads, 1, precision, preferred)
+  return jnp.concatenate([_plain_conv(a, k, strides, pads, precision)
                           for a, k in zip(xs, ks)], axis=3)
 
 
@@ -141,8 +140,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
            else lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers))
   undilated = all(d == 1 for d in (lhs_dilation or (1, 1))) and all(
       d == 1 for d in (rhs_dilation or (1, 1)))
-  if (not ENABLED or lhs.ndim != 4 or given != nhwc or not undilated or preferred_element_type is not None
-      or any(v is not None for v in kwargs.values())):
+  if (not ENABLED or lhs.ndim != 4 or given != nhwc or not undilated
+      or preferred_element_type is not None or any(v is not None for v in kwargs.values())):
     return plain(lhs, rhs)
   strides = tuple(int(s) for s in window_strides)
   if isinstance(padding, str):
