@@ -1,8 +1,10 @@
 r"""Where one train step's time goes: a step under `jax.profiler`, thunk times summed by name.
 
   python benchmarks/profile_step.py --model=vgg16_gap [--size=224] [--batch=8]
+  python benchmarks/profile_step.py --config=configs/synthetic_gap.py  # the default run's step
 
-Runs the real `train.make_train_step` (SGD momentum, as benchmarks/torch_compare.py) over
+Runs the real `train.make_train_step` (SGD momentum, as benchmarks/torch_compare.py; or a
+config file's model, optimizer, batch size and image size with `--config`) over
 a 1-device mesh, two warm-up steps, then one step traced; prints the longest thunks and
 the sums by kind (YNN convolution fusions, dots, slices, loops...). The thunks overlap on
 several cores and the profiler slows the step: read the shares, not the totals.
@@ -17,6 +19,7 @@ import tempfile
 
 from absl import app, flags
 import jax
+from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,6 +31,9 @@ _MODEL = flags.DEFINE_string('model', 'vgg16_gap', 'A registered model.')
 _SIZE = flags.DEFINE_integer('size', 224, 'Input side.')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size.')
 _TOP = flags.DEFINE_integer('top', 20, 'Thunks listed.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'A config file: its model, optimizer, batch and image size replace '
+    '--model, --batch and --size.', lock_config=False)
 KINDS = ('ynn', 'xnn', 'convolution', 'dot', 'while', 'reduce-window', 'select', 'slice',
          'pad', 'concatenate', 'transpose', 'copy', 'iota', 'scatter', 'fusion')
 
@@ -38,17 +44,23 @@ def kind(name: str) -> str:
 
 def main(argv):
   del argv
-  config = common.get_common()
-  config.model.name = _MODEL.value
-  config.optimizer.learning_rate, config.optimizer.momentum = 1e-3, 0.9
-  config.optimizer.weight_decay = 5e-4
+  if _CONFIG.value is not None:
+    config = _CONFIG.value
+    name, size, batch_size = config.model.name, config.data.image_size, config.batch_size
+    num_classes = 10
+  else:
+    config = common.get_common()
+    config.model.name = name = _MODEL.value
+    config.optimizer.learning_rate, config.optimizer.momentum = 1e-3, 0.9
+    config.optimizer.weight_decay = 5e-4
+    size, batch_size, num_classes = _SIZE.value, _BATCH.value, 1000
   mesh = sharding.make_mesh(jax.devices()[:1])
-  graphdef, state = train.create_train_state(config, 1000)
+  graphdef, state = train.create_train_state(config, num_classes)
   state = sharding.replicate(state, mesh)
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch({
-      'image': rng.normal(size=(_BATCH.value, _SIZE.value, _SIZE.value, 3)).astype(np.float32),
-      'label': rng.integers(0, 1000, _BATCH.value).astype(np.int32)}, mesh)
+      'image': rng.normal(size=(batch_size, size, size, 3)).astype(np.float32),
+      'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}, mesh)
   step = train.make_train_step(graphdef, mesh)
   for _ in range(2):
     state, metrics = step(state, batch)
@@ -67,7 +79,7 @@ def main(argv):
     if e.get('ph') == 'X' and 'dur' in e and not e.get('name', '').startswith(('$', 'Thunk')):
       total[e['name']] += e['dur']
       count[e['name']] += 1
-  print(f'# {_MODEL.value}, batch {_BATCH.value}, {_SIZE.value}×{_SIZE.value}: thunks, ms')
+  print(f'# {name}, batch {batch_size}, {size}×{size}: thunks, ms')
   for name, us in total.most_common(_TOP.value):
     print(f'{us / 1000:9.1f}  ×{count[name]:<3d} {name}')
   by_kind = collections.Counter()
