@@ -52,7 +52,8 @@ RESUME_FIELDS = ('batch_size', 'seed', 'data.name', 'data.builder_config', 'data
                  'optimizer.schedule', 'optimizer.warmup_steps', 'optimizer.decay_every',
                  'optimizer.momentum', 'optimizer.nesterov', 'optimizer.weight_decay',
                  'optimizer.frozen', 'optimizer.new_layers',
-                 'optimizer.new_layers_lr_multiplier', 'label_smoothing', 'model.dtype')
+                 'optimizer.new_layers_lr_multiplier', 'label_smoothing', 'progressive_resizing',
+                 'model.dtype')
 # Changes a resume goes on with, with a warning: the data order and every update stay as
 # they were (model.dtype changes rounding only).
 _RESUME_WARN_ONLY = ('process_count', 'model.dtype')

@@ -227,15 +227,47 @@ def cross_entropy_loss(logits_BC: jax.Array, labels_B: jax.Array,
   return optax.softmax_cross_entropy(logits_BC, targets_BC).mean()
 
 
+def progressive_sizes(config: ml_collections.ConfigDict) -> tuple[tuple[int, int], ...]:
+  """`config.progressive_resizing` checked: `((size, last_step), ...)`, the train images
+  resized to `size`×`size` up to and including `last_step`, sizes below
+  `data.image_size` and last steps increasing; after the last entry, full size."""
+  stages = tuple(tuple(s) for s in config.get('progressive_resizing', ()) or ())
+  full = config.data.image_size
+  previous = 0
+  for stage in stages:
+    if (len(stage) != 2 or not all(isinstance(v, int) for v in stage)
+        or not 0 < stage[0] < full or stage[1] <= previous):
+      raise ValueError(
+          f'config.progressive_resizing must be ((size, last_step), ...) with sizes in '
+          f'(0, data.image_size={full}) and last steps increasing from 1; got {stages}')
+    previous = stage[1]
+  return stages
+
+
+def train_image_size(stages: tuple[tuple[int, int], ...], step: int, full: int) -> int:
+  """The side of the train images at `step` (1-based) under `progressive_sizes`."""
+  return next((size for size, last in stages if step <= last), full)
+
+
 def make_train_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, *,
-                    label_smoothing: float = 0.0) -> Callable:
-  """`step(state, batch) -> (state, metrics)`, jitted over the mesh, state donated."""
+                    label_smoothing: float = 0.0, image_size: int | None = None) -> Callable:
+  """`step(state, batch) -> (state, metrics)`, jitted over the mesh, state donated.
+
+  With `image_size`, the batch's images are first resized to `image_size`×`image_size`
+  on the device (bilinear, antialiased when shrinking): progressive resizing's cheap early
+  steps (`config.progressive_resizing`).
+  """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     model, optimizer = nnx.merge(graphdef, state)
+    images_BHWC = batch['image']
+    if image_size is not None and images_BHWC.shape[1:3] != (image_size, image_size):
+      images_BHWC = jax.image.resize(
+          images_BHWC, (images_BHWC.shape[0], image_size, image_size, images_BHWC.shape[3]),
+          'linear').astype(images_BHWC.dtype)
 
     def loss_fn(model):
-      logits_BC, _ = model(batch['image'], train=True)
+      logits_BC, _ = model(images_BHWC, train=True)
       return cross_entropy_loss(logits_BC, batch['label'], label_smoothing), logits_BC
 
     (loss, logits_BC), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -341,7 +373,19 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   progress lines, metrics, periodic evaluations of `config.data.select_split` (which
   choose best/), checkpoints. Returns the state and the last step run (earlier than
   `last_step` when preempted)."""
-  train_step = make_train_step(graphdef, mesh, label_smoothing=config.get('label_smoothing', 0.0))
+  stages = progressive_sizes(config)
+  full_size = config.data.image_size
+  # One compiled step per train image size (progressive resizing), made when first used.
+  steps_by_size = {}
+
+  def train_step_at(step: int) -> Callable:
+    size = train_image_size(stages, step, full_size)
+    if size not in steps_by_size:
+      steps_by_size[size] = make_train_step(
+          graphdef, mesh, label_smoothing=config.get('label_smoothing', 0.0),
+          image_size=size)
+    return steps_by_size[size]
+
   lr_fn = create_learning_rate_fn(config)
   select_split = selection_split(config)
 
@@ -355,7 +399,7 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   step = start_step
   for step in range(start_step + 1, last_step + 1):
     batch = sharding.shard_batch(next(batches), mesh)
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step_at(step)(state, batch)
     train_metrics.append(metrics)
 
     preempted = preemption.requested(step)

@@ -104,6 +104,9 @@ def get_common() -> ml_collections.ConfigDict:
   # Set to train for this many epochs of the train split instead (total_steps is derived).
   config.num_epochs = ml_collections.FieldReference(None, field_type=float)
   config.label_smoothing = 0.0
+  # Progressive resizing: ((size, last_step), ...) trains on images resized to size×size
+  # up to and including last_step, then at data.image_size (one compile per size).
+  config.progressive_resizing = ()
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'sgd'  # 'sgd' (with momentum) or 'adamw'.

@@ -100,7 +100,10 @@ def _restore(config, workdir, step=None):
 
 
 def test_resume_continues_and_matches_uninterrupted_run(tiny_data_dir, tmp_path):
-  config = tiny_config(tiny_data_dir, eval_every=0, checkpoint_every=3)
+  # Progressive resizing: steps 1-4 on 16×16 images, 5-6 on the full 32×32, so that the
+  # resumed run (from step 3) crosses the change of size too.
+  config = tiny_config(tiny_data_dir, eval_every=0, checkpoint_every=3,
+                       progressive_resizing=((16, 4),))
   # A tuple option, as configs write them, must match its JSON (list) form in the checkpoint.
   config.model.kwargs = {'widths': (8, 16)}
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
@@ -357,6 +360,38 @@ def test_frozen_layers_keep_their_values_and_new_layers_learn_faster(tiny_data_d
   typo = tiny_config(tiny_data_dir, **{'optimizer.frozen': ('trunk/conv9/.*',)})
   with pytest.raises(ValueError, match=r"optimizer.frozen: 'trunk/conv9/\.\*' matches no"):
     train.create_train_state(typo, 4)
+
+
+def test_a_step_with_an_image_size_trains_on_the_resized_batch(tiny_data_dir):
+  """Progressive resizing's step equals the plain step on images resized beforehand."""
+  config = tiny_config(tiny_data_dir)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.uniform(size=(8, 32, 32, 3)).astype(np.float32),
+           'label': rng.integers(0, 4, 8).astype(np.int32)}
+  small = dict(batch, image=np.asarray(jax.image.resize(batch['image'], (8, 16, 16, 3),
+                                                        'linear')))
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  graphdef, state = train.create_train_state(config, num_classes=4)
+  copy = jax.tree.map(jnp.copy, state)  # the steps donate their state
+  resized, m_resized = train.make_train_step(graphdef, mesh, image_size=16)(
+      sharding.replicate(state, mesh), sharding.shard_batch(batch, mesh))
+  plain, m_plain = train.make_train_step(graphdef, mesh)(
+      sharding.replicate(copy, mesh), sharding.shard_batch(small, mesh))
+  np.testing.assert_allclose(float(m_resized['loss']), float(m_plain['loss']), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               _params(resized), _params(plain))
+
+
+def test_progressive_resizing_sizes_by_step_and_bad_stages_name_the_field():
+  config = synthetic_gap.get_config()  # 64×64 images
+  config.progressive_resizing = ((32, 100), (48, 250))
+  stages = train.progressive_sizes(config)
+  assert [train.train_image_size(stages, s, 64) for s in (1, 100, 101, 250, 251, 600)] == [
+      32, 32, 48, 48, 64, 64]
+  for bad in (((64, 100),), ((32, 100), (48, 100)), ((0, 10),), ((32,),), ((32.0, 10),)):
+    config.progressive_resizing = bad
+    with pytest.raises(ValueError, match='config.progressive_resizing'):
+      train.progressive_sizes(config)
 
 
 def test_label_smoothing_loss_by_hand():
