@@ -16,6 +16,13 @@ predictions.jsonl for image files). Exit status: 0 when all went well; 3 when
 errors (a damaged checkpoint, or a workdir held by another run: the message alone).
 """
 
+# First, before the heavy imports, so that a re-exec costs only the interpreter's start:
+# the host heap in transparent huge pages (cam_jax.huge_pages).
+if __name__ == '__main__':
+  from cam_jax import huge_pages  # pylint: disable=g-import-not-at-top
+  huge_pages.reexec_with_huge_pages()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging
 from ml_collections import config_flags
 
