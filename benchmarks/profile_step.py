@@ -1,10 +1,15 @@
 r"""Where one train step's time goes: a step under `jax.profiler`, thunk times summed by name.
 
   python benchmarks/profile_step.py --model=vgg16_gap [--size=224] [--batch=8]
-  python benchmarks/profile_step.py --config=configs/synthetic_gap.py  # the default run's step
+  python benchmarks/profile_step.py --config=configs/synthetic_gap.py [--size=32]  # the default run's
+
+Times `--timed` steps and counts their page faults, then profiles one. With
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment, as `python -m cam_jax.main`
+sets it (cam_jax.huge_pages), the heap is in transparent huge pages.
 
 Runs the real `train.make_train_step` (SGD momentum, as benchmarks/torch_compare.py; or a
-config file's model, optimizer, batch size and image size with `--config`) over
+config file's model, optimizer, batch size and image size with `--config`, the size
+replaced by `--size` when given) over
 a 1-device mesh, two warm-up steps, then one step traced; prints the longest thunks and
 the sums by kind (YNN convolution fusions, dots, slices, loops...). The thunks overlap on
 several cores and the profiler slows the step: read the shares, not the totals.
@@ -14,8 +19,10 @@ import glob
 import gzip
 import json
 import os
+import resource
 import sys
 import tempfile
+import time
 
 from absl import app, flags
 import jax
@@ -31,6 +38,7 @@ _MODEL = flags.DEFINE_string('model', 'vgg16_gap', 'A registered model.')
 _SIZE = flags.DEFINE_integer('size', 224, 'Input side.')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Batch size.')
 _TOP = flags.DEFINE_integer('top', 20, 'Thunks listed.')
+_TIMED = flags.DEFINE_integer('timed', 8, 'Steps timed (untraced) before the profiled one.')
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A config file: its model, optimizer, batch and image size replace '
     '--model, --batch and --size.', lock_config=False)
@@ -47,6 +55,8 @@ def main(argv):
   if _CONFIG.value is not None:
     config = _CONFIG.value
     name, size, batch_size = config.model.name, config.data.image_size, config.batch_size
+    if _SIZE.present:  # another side, as progressive resizing trains at
+      size = _SIZE.value
     num_classes = 10
   else:
     config = common.get_common()
@@ -65,6 +75,20 @@ def main(argv):
   for _ in range(2):
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
+  # Untraced steps first: the step's time and the page faults it takes (XLA:CPU allocates
+  # its temporaries at every call; cam_jax.huge_pages).
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  times = []
+  for _ in range(_TIMED.value):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(_TIMED.value, 1)
+  print(f'# {name}, batch {batch_size}, {size}×{size}: step {np.median(times) * 1e3:.0f} ms '
+        f'(median of {_TIMED.value}; min {min(times, default=0) * 1e3:.0f}), {faults:,.0f} '
+        f'page faults per step; GLIBC_TUNABLES={os.environ.get("GLIBC_TUNABLES")}',
+        flush=True)
   with tempfile.TemporaryDirectory() as folder:
     with jax.profiler.trace(folder, create_perfetto_trace=True):
       state, metrics = step(state, batch)

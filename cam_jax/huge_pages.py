@@ -2,13 +2,15 @@
 
 XLA:CPU allocates a compiled step's temporaries afresh at every call: 311 MB for the
 default network's train step. In 4 KB pages the kernel faults and zeroes them one at a
-time, about 81,000 faults per step, 11 % of the step on 2 cores (benchmarks/RESULTS.md,
-"Huge pages"). glibc 2.35 and later back malloc's memory with transparent huge pages when
+time, about 81,000 faults per step, 7-11 % of the step on 2 cores (8-10 % for
+GoogLeNet-GAP's and VGGnet-GAP's; benchmarks/RESULTS.md, "A five-minute default run").
+glibc 2.35 and later back malloc's memory with transparent huge pages when
 `GLIBC_TUNABLES` holds `glibc.malloc.hugetlb=1` (2 MB pages: a few hundred faults per
 step), but it reads the variable only when a process starts. So `reexec_with_huge_pages`
 starts the same command again in the same process (`os.execve`: same process id, same
 arguments, interpreter options included) with the variable set. `python -m
-cam_jax.main` calls it first; `CAM_JAX_HUGE_PAGES=0` turns it off.
+cam_jax.main` calls it first; `CAM_JAX_HUGE_PAGES=0` turns it off. Only there: in a
+process shared with PyTorch (benchmarks/torch_compare.py) the tunable slowed both.
 
 Nothing changes where it cannot help: not Linux, a glibc older than 2.35 or none
 (musl), transparent huge pages set to `never`, or the tunable already given.

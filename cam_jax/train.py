@@ -404,8 +404,10 @@ def _train_loop(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
     preempted = preemption.requested(step)
     checkpoint_now = step % config.checkpoint_every == 0 or step == last_step or preempted
+    # Not while training below full size (progressive resizing): the full-size evaluation
+    # of a network in the middle of learning smaller images would choose nothing.
     eval_now = bool(config.eval_every) and step % config.eval_every == 0 and step != total \
-        and not preempted
+        and not preempted and train_image_size(stages, step, full_size) == full_size
     # Metrics are read before every evaluation and checkpoint, and the state is checked,
     # so that a NaN never reaches a saved checkpoint, best/ included.
     if step % config.log_every == 0 or checkpoint_now or eval_now:

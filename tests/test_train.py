@@ -382,6 +382,18 @@ def test_a_step_with_an_image_size_trains_on_the_resized_batch(tiny_data_dir):
                _params(resized), _params(plain))
 
 
+def test_progressive_resizing_evaluates_only_at_full_size(tiny_data_dir, tmp_path):
+  # Steps 1-4 at 16×16, 5-8 at 32×32: of the evaluations every 2 steps, only step 6's runs
+  # (8 is the last, evaluated on the test split instead).
+  config = tiny_config(tiny_data_dir, eval_every=2, checkpoint_every=100, total_steps=8,
+                       progressive_resizing=((16, 4),))
+  workdir = str(tmp_path / 'w')
+  assert train.train_and_evaluate(config, workdir) is not None
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert [r['step'] for r in records if 'cls_top1_error' in r and r['step'] < 8] == [6]
+
+
 def test_progressive_resizing_sizes_by_step_and_bad_stages_name_the_field():
   config = synthetic_gap.get_config()  # 64×64 images
   config.progressive_resizing = ((32, 100), (48, 250))
