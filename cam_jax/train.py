@@ -231,17 +231,18 @@ def progressive_sizes(config: ml_collections.ConfigDict) -> tuple[tuple[int, int
   """`config.progressive_resizing` checked: `((size, last_step), ...)`, the train images
   resized to `size`×`size` up to and including `last_step`, sizes below
   `data.image_size` and last steps increasing; after the last entry, full size."""
-  stages = tuple(tuple(s) for s in config.get('progressive_resizing', ()) or ())
+  stages = tuple(config.get('progressive_resizing', ()) or ())
   full = config.data.image_size
   previous = 0
   for stage in stages:
-    if (len(stage) != 2 or not all(isinstance(v, int) for v in stage)
+    if (not isinstance(stage, (tuple, list)) or len(stage) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in stage)
         or not 0 < stage[0] < full or stage[1] <= previous):
       raise ValueError(
           f'config.progressive_resizing must be ((size, last_step), ...) with sizes in '
           f'(0, data.image_size={full}) and last steps increasing from 1; got {stages}')
     previous = stage[1]
-  return stages
+  return tuple(tuple(stage) for stage in stages)
 
 
 def train_image_size(stages: tuple[tuple[int, int], ...], step: int, full: int) -> int:

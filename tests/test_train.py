@@ -400,7 +400,8 @@ def test_progressive_resizing_sizes_by_step_and_bad_stages_name_the_field():
   stages = train.progressive_sizes(config)
   assert [train.train_image_size(stages, s, 64) for s in (1, 100, 101, 250, 251, 600)] == [
       32, 32, 48, 48, 64, 64]
-  for bad in (((64, 100),), ((32, 100), (48, 100)), ((0, 10),), ((32,),), ((32.0, 10),)):
+  for bad in (((64, 100),), ((32, 100), (48, 100)), ((0, 10),), ((32,),), ((32.0, 10),),
+              (32, 100)):
     config.progressive_resizing = bad
     with pytest.raises(ValueError, match='config.progressive_resizing'):
       train.progressive_sizes(config)
