@@ -90,7 +90,7 @@ def get_config(arg: str | None = None):
 
   config.batch_size = 64
   # Progressive resizing: steps 1-300 on the images resized to 32×32 (a quarter of the
-  # FLOPs), 301-400 at 48×48, the last 200 at 64×64: 55 % of the time of 600 steps at
+  # FLOPs), 301-400 at 48×48, the last 200 at 64×64: about 55 % of the time of 600 steps at
   # 64×64 (benchmarks/RESULTS.md, "A five-minute default run").
   config.total_steps = 600
   config.progressive_resizing = ((32, 300), (48, 400))
