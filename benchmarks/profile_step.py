@@ -1,7 +1,7 @@
 r"""Where one train step's time goes: a step under `jax.profiler`, thunk times summed by name.
 
   python benchmarks/profile_step.py --model=vgg16_gap [--size=224] [--batch=8]
-  python benchmarks/profile_step.py --config=configs/synthetic_gap.py [--size=32]  # the default run's
+  python benchmarks/profile_step.py --config=configs/synthetic_gap.py [--size=32]  # its own step
 
 Times `--timed` steps and counts their page faults, then profiles one. With
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment, as `python -m cam_jax.main`
