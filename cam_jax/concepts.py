@@ -43,7 +43,6 @@ from cam_jax import sharding
 from cam_jax import transfer
 from cam_jax import viz
 from cam_jax import windows
-from cam_jax.data import conventions
 from cam_jax.data import folders
 from cam_jax.data import pipeline
 
@@ -127,13 +126,11 @@ def run_concept(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   feats = {}
   for name, source in (('positives', positives), ('negatives', negatives)):
     feats[name] = features_lib.extract(
-        model, mesh, source, image_size=config.data.image_size,
-        batch_size=config.transfer.batch_size, convention=conventions.from_config(config.data),
-        crop=config.data.eval_crop, resize_shorter=config.data.eval_resize_shorter,
+        model, mesh, source, batch_size=config.transfer.batch_size,
         cache_dir=os.path.join(out_dir, 'features', name),
         fingerprint={'checkpoint': os.path.abspath(where), 'model': meta['model'],
                      'files': [os.path.abspath(p) for p in source.image_ids]},
-        num_threads=config.data.num_threads, num_workers=config.data.num_workers)
+        **pipeline.eval_settings(config.data))
   x_pos, x_neg = feats['positives'].pooled_NK, feats['negatives'].pooled_NK
   kernel, bias, history = mine_detector(
       x_pos, x_neg, c=ccfg.svm_c, rounds=ccfg.rounds, init_negatives=ccfg.init_negatives,

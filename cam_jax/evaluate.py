@@ -148,14 +148,10 @@ def evaluate(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sha
   class_hits = np.zeros(info.num_classes, np.int64)
   gt = []  # (orig_hw, boxes) per image, for the centre baseline once the mean size is known
   pictures = []
-  convention = conventions.from_config(config.data)
-  batches = pipeline.eval_batches(source, image_size=size, process_batch_size=process_batch,
-                                  max_boxes=config.data.max_boxes, num_examples=num_examples,
-                                  crop=config.data.eval_crop,
-                                  resize_shorter=config.data.eval_resize_shorter,
-                                  with_masks=with_masks, convention=convention,
-                                  num_threads=config.data.num_threads,
-                                  num_workers=config.data.num_workers)
+  settings = pipeline.eval_settings(config.data)
+  convention = settings['convention']  # the pictures' denormalisation too
+  batches = pipeline.eval_batches(source, process_batch_size=process_batch,
+                                  num_examples=num_examples, with_masks=with_masks, **settings)
   try:
     for batch, n in batches:
       arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)

@@ -141,6 +141,13 @@ def _write_chunk(path: str, rows: list[dict[str, np.ndarray]]) -> None:
   io_utils.atomic_write_bytes(path, f.getvalue())
 
 
+def _features(rows: dict[str, np.ndarray], with_maps: bool) -> Features:
+  """Features from merged rows (`pooled`, `labels`, `indices`, `file_names`[, `maps`])."""
+  return Features(pooled_NK=rows['pooled'], labels_N=rows['labels'],
+                  indices_N=rows['indices'], file_names=[str(s) for s in rows['file_names']],
+                  maps_NhwK=rows['maps'] if with_maps else None)
+
+
 def _read_parts(cache_dir: str, with_maps: bool) -> Features:
   """Every process's chunks, merged in index order."""
   paths = sorted(glob.glob(os.path.join(cache_dir, 'part-*.chunk-*.npz')))
@@ -157,13 +164,11 @@ def _read_parts(cache_dir: str, with_maps: bool) -> Features:
     raise ValueError(f'{cache_dir} holds no features')
   merged = {k: np.concatenate(v) for k, v in parts.items()}
   order = np.argsort(merged['indices'], kind='stable')
-  indices = merged['indices'][order]
-  if len(np.unique(indices)) != len(indices):
+  merged = {k: v[order] for k, v in merged.items()}
+  if len(np.unique(merged['indices'])) != len(order):
     raise ValueError(f'{cache_dir}: the same image in two chunks (parts of two passes with '
                      'different process counts?); delete the folder')
-  return Features(pooled_NK=merged['pooled'][order], labels_N=merged['labels'][order],
-                  indices_N=indices, file_names=[str(s) for s in merged['file_names'][order]],
-                  maps_NhwK=merged['maps'][order] if with_maps else None)
+  return _features(merged, with_maps)
 
 
 def extract(model: nnx.Module, mesh: jax.sharding.Mesh, source: Any, *, image_size: int,
@@ -228,10 +233,7 @@ def extract(model: nnx.Module, mesh: jax.sharding.Mesh, source: Any, *, image_si
   if cache_dir is None:
     if not rows:
       raise ValueError('no images to extract features of')
-    merged = _concatenated(rows)
-    return Features(pooled_NK=merged['pooled'], labels_N=merged['labels'],
-                    indices_N=merged['indices'], file_names=list(merged['file_names']),
-                    maps_NhwK=merged.get('maps'))
+    return _features(_concatenated(rows), with_maps)
   if rows:
     _write_chunk(_chunk_path(cache_dir, chunk), rows)
   sharding.barrier('features-written')

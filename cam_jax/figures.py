@@ -36,7 +36,6 @@ from cam_jax import models
 from cam_jax import sharding
 from cam_jax import viz
 from cam_jax import windows
-from cam_jax.data import conventions
 from cam_jax.data import pipeline
 
 # Long side of a figure's tile in pixels: larger images are shrunk to it (capped by
@@ -114,14 +113,9 @@ def write_evaluation_figures(config: ml_collections.ConfigDict, model: nnx.Modul
 
   best = TopPerClass(fig.per_class)
   firsts = []  # the first num_images images: everything Figs. 5 and 6a draw
-  batches = pipeline.eval_batches(source, image_size=config.data.image_size,
-                                  process_batch_size=process_batch,
-                                  max_boxes=config.data.max_boxes,
-                                  num_examples=fig.num_examples, crop=config.data.eval_crop,
-                                  resize_shorter=config.data.eval_resize_shorter,
-                                  convention=conventions.from_config(config.data),
-                                  num_threads=config.data.num_threads,
-                                  num_workers=config.data.num_workers)
+  batches = pipeline.eval_batches(source, process_batch_size=process_batch,
+                                  num_examples=fig.num_examples,
+                                  **pipeline.eval_settings(config.data))
   try:
     for b, (batch, n) in enumerate(batches):
       arrays = sharding.shard_batch({'image': batch['image'], 'label': batch['label']}, mesh)

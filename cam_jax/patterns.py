@@ -60,7 +60,6 @@ from cam_jax import restore
 from cam_jax import sharding
 from cam_jax import viz
 from cam_jax import windows
-from cam_jax.data import conventions
 from cam_jax.data import pipeline
 from cam_jax.data import synthetic
 
@@ -338,13 +337,9 @@ def write_informative_objects(config: ml_collections.ConfigDict, workdir: str, *
   graphdef, state = nnx.split(model)
   predict = evaluate.make_predict_fn(graphdef, mesh, top_k=1)
   batches = pipeline.eval_batches(
-      source, image_size=config.data.image_size,
-      process_batch_size=sharding.check_batch_size(config.eval.batch_size, mesh,
-                                                   'eval.batch_size'),
-      max_boxes=config.data.max_boxes, num_examples=num_examples, crop=config.data.eval_crop,
-      resize_shorter=config.data.eval_resize_shorter,
-      convention=conventions.from_config(config.data), num_threads=config.data.num_threads,
-      num_workers=config.data.num_workers)
+      source, process_batch_size=sharding.check_batch_size(config.eval.batch_size, mesh,
+                                                           'eval.batch_size'),
+      num_examples=num_examples, **pipeline.eval_settings(config.data))
   counts = ObjectCounts.zeros(names, info.num_classes)
   examples: dict[int, list[dict[str, Any]]] = {}  # process 0: the first of each class
   try:

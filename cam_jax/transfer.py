@@ -53,7 +53,6 @@ from cam_jax import figures
 from cam_jax import io_utils
 from cam_jax import restore
 from cam_jax import sharding
-from cam_jax.data import conventions
 from cam_jax.data import pipeline
 
 CROPS = ('full', 'cam', 'gt')
@@ -175,12 +174,8 @@ def cam_boxes(config: ml_collections.ConfigDict, model: nnx.Module, mesh: jax.sh
   predict = evaluate_lib.make_predict_fn(graphdef, mesh, top_k=1, saliency='cam', map_top=1)
   process_batch = sharding.check_batch_size(config.transfer.batch_size, mesh,
                                             'transfer.batch_size')
-  batches = pipeline.eval_batches(
-      source, image_size=config.data.image_size, process_batch_size=process_batch,
-      max_boxes=config.data.max_boxes, crop=config.data.eval_crop,
-      resize_shorter=config.data.eval_resize_shorter,
-      convention=conventions.from_config(config.data), num_threads=config.data.num_threads,
-      num_workers=config.data.num_workers)
+  batches = pipeline.eval_batches(source, process_batch_size=process_batch,
+                                  **pipeline.eval_settings(config.data))
   try:
     for batch, n in batches:
       labels = batch['label'] if label is None else np.full_like(batch['label'], label)
@@ -288,13 +283,10 @@ def run_transfer(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   def extract(role: str, crop: str, crop_boxes: np.ndarray | None = None):
     split = splits[role]
     return features_lib.extract(
-        model, mesh, sources[role], image_size=config.data.image_size,
-        batch_size=tcfg.batch_size, convention=conventions.from_config(config.data),
-        crop=config.data.eval_crop, resize_shorter=config.data.eval_resize_shorter,
-        crop_boxes=crop_boxes, max_boxes=config.data.max_boxes,
+        model, mesh, sources[role], batch_size=tcfg.batch_size, crop_boxes=crop_boxes,
         cache_dir=os.path.join(cache_root, f'{role}-{split}-{crop}'),
         fingerprint={**source_fingerprint, 'data': _data_fingerprint(config.data, split)},
-        num_threads=config.data.num_threads, num_workers=config.data.num_workers)
+        **pipeline.eval_settings(config.data))
 
   def train_and_test(crop: str, feats: dict[str, features_lib.Features]) -> dict[str, Any]:
     train = (feats['train'].pooled_NK, feats['train'].labels_N)

@@ -59,7 +59,6 @@ from cam_jax import restore
 from cam_jax import sharding
 from cam_jax import viz
 from cam_jax import windows
-from cam_jax.data import conventions
 from cam_jax.data import pipeline
 
 # Long side of an image's tile (capped by config.viz.max_side): 64×64 synthetic images
@@ -264,14 +263,9 @@ def unit_statistics(config: ml_collections.ConfigDict, model: nnx.Module,
   graphdef, state = nnx.split(model)
   units_fn = make_units_fn(graphdef, mesh, unit_ids)
   process_batch = sharding.check_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
-  batches = pipeline.eval_batches(source, image_size=config.data.image_size,
-                                  process_batch_size=process_batch,
-                                  max_boxes=config.data.max_boxes, num_examples=num_examples,
-                                  crop=config.data.eval_crop,
-                                  resize_shorter=config.data.eval_resize_shorter,
-                                  convention=conventions.from_config(config.data),
-                                  num_threads=config.data.num_threads,
-                                  num_workers=config.data.num_workers)
+  batches = pipeline.eval_batches(source, process_batch_size=process_batch,
+                                  num_examples=num_examples,
+                                  **pipeline.eval_settings(config.data))
   values = images = None
   count = 0
   try:

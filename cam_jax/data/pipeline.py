@@ -243,6 +243,15 @@ def train_batches(source, *, image_size: int, global_batch_size: int, seed: int,
   return _to_iter(ds, num_threads, num_workers)
 
 
+def eval_settings(data_config) -> dict[str, Any]:
+  """`eval_batches`' (and `cam_jax.features.extract`'s) arguments as `config.data` sets
+  them: image size, boxes, crop, input convention, reader threads and worker processes."""
+  return dict(image_size=data_config.image_size, max_boxes=data_config.max_boxes,
+              crop=data_config.eval_crop, resize_shorter=data_config.eval_resize_shorter,
+              convention=conventions.from_config(data_config),
+              num_threads=data_config.num_threads, num_workers=data_config.num_workers)
+
+
 def eval_batches(source, *, image_size: int, process_batch_size: int, max_boxes: int,
                  num_examples: int | None = None, crop: str = 'resize',
                  resize_shorter: int | None = None, with_masks: bool = False,

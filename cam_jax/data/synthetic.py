@@ -178,8 +178,8 @@ def _place(rng: np.random.Generator, size: int, taken: list[tuple[int, int, int,
 
 
 def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
-                   *, p_two_instances: float = 0.1,
-                   max_distractors: int = 2) -> dict[str, np.ndarray | int]:
+                   *, p_two_instances: float = 0.1, max_distractors: int = 2,
+                   with_objects: bool = True) -> dict[str, np.ndarray | int]:
   """Draws one example.
 
   Returns a dict with `image` (S×S×3 uint8), `mask` (S×S uint8, 1 on the labelled
@@ -190,6 +190,8 @@ def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
   mask is the object's exact pixels, drawn again on a blank canvas; objects are placed
   1/16 of the side apart, so the masks are disjoint. The dataset stores only the labelled
   objects' union (`mask`); `regenerate_example` gives the rest back for a stored example.
+  `with_objects=False` leaves `objects` out (and the distractors' masks undrawn): the
+  preparation of the dataset, which stores none of them.
   """
   if not 1 <= num_classes <= len(CLASS_NAMES):
     raise ValueError(f'num_classes must be in [1, {len(CLASS_NAMES)}], got {num_classes}')
@@ -215,7 +217,8 @@ def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
     rows, cols = np.nonzero(obj_mask)
     boxes.append((cols.min(), rows.min(), cols.max(), rows.max()))
     mask |= obj_mask
-    objects.append((CLASS_NAMES[label], obj_mask.astype(bool)))
+    if with_objects:
+      objects.append((CLASS_NAMES[label], obj_mask.astype(bool)))
   for _ in range(int(rng.integers(1, max_distractors + 1))):
     box = _place(rng, image_size, taken, _MIN_SIDE, 0.4)
     if box is None:
@@ -225,17 +228,20 @@ def render_example(rng: np.random.Generator, image_size: int, num_classes: int,
     colour = _contrasting_colour(rng, np.asarray(image)[y0:y1 + 1, x0:x1 + 1])
     distractor = _distractor(rng, box)
     distractor.draw(draw, colour)
-    objects.append((distractor_name(distractor.kind),
-                    _blank_mask(image_size, functools.partial(distractor.draw, fill=1))
-                    .astype(bool)))
+    if with_objects:
+      objects.append((distractor_name(distractor.kind),
+                      _blank_mask(image_size, functools.partial(distractor.draw, fill=1))
+                      .astype(bool)))
   # Distractors never overlap the objects, so the mask stays exact.
-  return {
+  example = {
       'image': np.asarray(image, np.uint8),
       'mask': mask,
       'label': label,
       'boxes': np.asarray(boxes, np.int32).reshape(-1, 4),
-      'objects': objects,
   }
+  if with_objects:
+    example['objects'] = objects
+  return example
 
 
 @dataclasses.dataclass
@@ -296,7 +302,7 @@ class CamSynth(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     for index in range(num):
       ex = render_example(example_rng(cfg.seed, split, index), cfg.image_size,
-                          cfg.num_classes)
+                          cfg.num_classes, with_objects=False)
       yield index, {
           'image': images.encode_png(ex['image']),
           'label': ex['label'],
